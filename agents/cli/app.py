@@ -1,0 +1,63 @@
+"""The ``autolab`` command line (DESIGN.md §7).
+
+Only argument parsing and printing live in ``autolab.agents.cli``; every verb calls
+into the protocol, agents or scoreboard packages. Heavy libraries (pyarrow, duckdb,
+pygit2, torch) are imported inside the commands that need them, so ``autolab
+--help`` and cheap commands start fast.
+
+Exit codes: 0 success, 1 error (one line on stderr), 2 usage error, 3 nothing to do.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="autolab",
+    help="AutoLab: a Git-native distributed research protocol. A lab is a Git repo whose "
+    "main branch holds the research code, a protected evaluation harness, and the "
+    "shared job queue and score table (parquet). Agents coordinate only through "
+    "compare-and-swap pushes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _register() -> None:
+    from autolab.agents.cli import cmd_lab, cmd_queue, cmd_read
+
+    for module in (cmd_lab, cmd_queue, cmd_read):
+        module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning AutoLabError into a one-line message."""
+    from autolab.protocol.errors import AutoLabError
+
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except AutoLabError as exc:
+        from autolab.protocol.redact import redact
+
+        kind = "" if exc.exit_code == 3 else "error: "
+        print(f"autolab: {kind}{redact(str(exc))}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("autolab: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # click usage errors carry their own exit code (2)
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,49 @@
+"""Lab-level verbs: ``init`` and ``doctor``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from autolab.agents.cli.common import JsonOpt, LabOpt, print_json, resolve_lab
+
+
+def init(
+    path: Annotated[Path, typer.Argument(help="Where to create the lab.")],
+    template: Annotated[str, typer.Option(help="Template: tiny-lm (default), blank, ...")] = (
+        "tiny-lm"
+    ),
+    bare: Annotated[bool, typer.Option("--bare", help="Create a bare repository to use as "
+                                       "the lab's remote.")] = False,
+) -> None:
+    """Create a lab repository from a template (one commit on main)."""
+    from autolab.agents.lab_init import init_lab
+
+    created = init_lab(path, template, bare=bare)
+    typer.echo(f"created lab {created} from template {template}"
+               + (" (bare: use it as --lab)" if bare else ""))
+
+
+def doctor(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
+    """Check every shard, record ref and invariant of a lab; exit 1 on errors."""
+    from autolab.protocol.doctor import check
+    from autolab.protocol.gitstore import GitStore
+
+    store = GitStore(resolve_lab(lab))
+    report = check(store, store.refresh())
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        for finding in report.findings:
+            typer.echo(str(finding))
+        verdict = "ok" if report.ok else "PROBLEMS FOUND"
+        typer.echo(f"{verdict}: {report.shards} shards, {report.rows} rows, "
+                   f"{report.records} record refs checked")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(init)
+    app.command()(doctor)

@@ -1,0 +1,163 @@
+"""Queue verbs: ``propose``, ``claim``, ``submit``, ``promote``, ``reap``, ``compact``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from autolab.agents.cli.common import AgentOpt, JsonOpt, LabOpt, open_lab, print_json
+
+
+def propose(
+    hypothesis: Annotated[str, typer.Option(help="One sentence: what the edit should do "
+                                            "and why.")],
+    patch: Annotated[Path | None, typer.Option(help="Unified diff to apply ('-' for stdin).",
+                                               allow_dash=True)] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Knob edit NAME=VALUE "
+                                                   "(repeatable) instead of a patch.")] = None,
+    priority: Annotated[float, typer.Option(help="Claim weight (higher is claimed sooner).")
+                        ] = 1.0,
+    lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Enqueue an experiment: a hypothesis and a patch (or knob edits) against main."""
+    from autolab.protocol.errors import AutoLabError
+    from autolab.protocol.transactions import Proposal
+    from autolab.protocol.transactions import propose as do_propose
+
+    if (patch is None) == (not set_):
+        raise AutoLabError("give exactly one of --patch FILE or --set NAME=VALUE")
+    the_lab = open_lab(lab, agent)
+    if patch is not None:
+        text = sys.stdin.read() if str(patch) == "-" else _read(patch)
+    else:
+        text = _knob_patch(the_lab, set_ or [])
+    ids = do_propose(the_lab, [Proposal(hypothesis, text, priority)])
+    if as_json:
+        print_json({"experiment_id": ids[0], "duplicate": ids[0] is None})
+    elif ids[0] is None:
+        typer.echo("duplicate: an experiment with the same patch exists; nothing proposed")
+    else:
+        typer.echo(f"proposed {ids[0]}")
+
+
+def _read(path: Path) -> str:
+    from autolab.protocol.errors import AutoLabError
+
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AutoLabError(f"cannot read patch {path}: {exc}") from None
+
+
+def _knob_patch(the_lab, assignments: list[str]) -> str:  # type: ignore[no-untyped-def]
+    from autolab.agents.knobs import knob_patch
+
+    view = the_lab.read()
+    config = view.config
+    paths = {config.knobs[a.partition("=")[0].strip()].file
+             for a in assignments if a.partition("=")[0].strip() in config.knobs}
+    files = {p: (view.store.read_file(view.main, p) or b"").decode() for p in paths}
+    return knob_patch(config, files, assignments)
+
+
+def claim(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
+          backend: Annotated[str, typer.Option(help="Backend recorded with the claim.")
+                             ] = "local") -> None:
+    """Claim one queued experiment (exit code 3 when none is claimable)."""
+    from autolab.protocol.transactions import claim as do_claim
+
+    won = do_claim(open_lab(lab, agent), backend=backend)
+    if as_json:
+        print_json(won.to_dict())
+    else:
+        typer.echo(f"claimed {won.experiment_id} attempt {won.attempt} "
+                   f"(lease until {won.lease_until:%H:%M:%S} UTC): {won.hypothesis}")
+
+
+def submit(
+    experiment: Annotated[str, typer.Option(help="Experiment id.")],
+    attempt: Annotated[int, typer.Option(help="Attempt number from the claim.")],
+    metrics_file: Annotated[Path | None, typer.Option(help="JSON object of metrics.")] = None,
+    log: Annotated[Path | None, typer.Option(help="Run log ending in a '---' summary block."
+                                             )] = None,
+    status: Annotated[str | None, typer.Option(help="ok|crash|timeout|invalid (default: from "
+                                               "the metrics).")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why it failed, if it did.")] = None,
+    branch_commit: Annotated[str | None, typer.Option(help="Head of autolab/exp/<id>.")] = None,
+    runtime: Annotated[float | None, typer.Option(help="Run time in seconds.")] = None,
+    lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Record the score of a claimed attempt (idempotent per experiment and attempt)."""
+    from autolab.agents.summary import classify, parse_summary, read_metrics_file
+    from autolab.protocol.errors import AutoLabError
+    from autolab.protocol.transactions import make_score
+    from autolab.protocol.transactions import submit as do_submit
+
+    if (metrics_file is None) == (log is None):
+        raise AutoLabError("give exactly one of --metrics-file F or --log F")
+    try:
+        metrics = (read_metrics_file(metrics_file) if metrics_file
+                   else parse_summary(log.read_text(errors="replace")).metrics)  # type: ignore[union-attr]
+    except (OSError, ValueError) as exc:
+        raise AutoLabError(str(exc)) from None
+    the_lab = open_lab(lab, agent)
+    config = the_lab.read().config
+    found, value, why = classify(metrics, config.metric, config.bounds)
+    score = make_score(experiment, attempt, status=status or found, metric=value,
+                       metrics=metrics, reason=reason or why, branch_commit=branch_commit,
+                       runtime_s=runtime, backend="manual", agent=the_lab.agent)
+    result = do_submit(the_lab, score)
+    if as_json:
+        print_json(result.__dict__)
+    else:
+        typer.echo(f"{result.outcome}: {experiment} attempt {attempt} "
+                   f"{score['status']} {config.metric}={value}")
+
+
+def promote(experiment: Annotated[str, typer.Argument(help="Experiment id.")],
+            lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
+    """Merge an experiment into main if it beats the current best by the lab's policy."""
+    from autolab.protocol.transactions import promote as do_promote
+
+    outcome = do_promote(open_lab(lab, agent), experiment)
+    if as_json:
+        print_json(outcome.__dict__)
+    else:
+        typer.echo(f"promoted {experiment} ({outcome.commit[:12]})" if outcome.promoted  # type: ignore[index]
+                   else f"not promoted: {outcome.reason}")
+    if not outcome.promoted:
+        raise typer.Exit(3)
+
+
+def reap(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
+    """End attempts whose lease expired (re-queued, or failed after max_attempts)."""
+    from autolab.protocol.transactions import reap as do_reap
+
+    done = do_reap(open_lab(lab, agent))
+    if as_json:
+        print_json([r.__dict__ for r in done])
+    else:
+        for r in done:
+            typer.echo(f"{r.event} {r.experiment_id} attempt {r.attempt}")
+        typer.echo(f"reaped {len(done)}")
+
+
+def compact(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
+    """Fold record refs into main, then rewrite each table's shards as one shard."""
+    from autolab.protocol.transactions import compact as do_compact
+
+    the_lab = open_lab(lab, agent)
+    the_lab.fold(force=True)
+    report = do_compact(the_lab)
+    if as_json:
+        print_json(report.__dict__)
+    else:
+        typer.echo(f"compacted {sum(report.shards_before.values())} shards into "
+                   f"{len(report.rows)} ({report.commit[:12] if report.commit else 'no change'})")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (propose, claim, submit, promote, reap, compact):
+        app.command()(command)

@@ -1,0 +1,72 @@
+"""Options and helpers shared by the command modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+
+import typer
+
+LabOpt = Annotated[
+    str | None,
+    typer.Option("--lab", help="Lab URL or path (default: $AUTOLAB_LAB, then this checkout's "
+                 "origin).", show_default=False),
+]
+AgentOpt = Annotated[
+    str | None,
+    typer.Option("--agent", help="Agent id recorded with every row (default: $AUTOLAB_AGENT "
+                 "or host-pid).", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+def resolve_lab(lab: str | None) -> str:
+    """``--lab``, else ``$AUTOLAB_LAB``, else the current checkout's ``origin`` URL."""
+    if lab:
+        return lab
+    env = os.environ.get("AUTOLAB_LAB")
+    if env:
+        return env
+    proc = subprocess.run(["git", "config", "--get", "remote.origin.url"],
+                          capture_output=True, text=True)
+    if proc.returncode == 0 and proc.stdout.strip():
+        return proc.stdout.strip()
+    from autolab.protocol.errors import AutoLabError
+
+    err = AutoLabError("no lab given: pass --lab URL, set AUTOLAB_LAB, or run in a clone of a lab")
+    err.exit_code = 2
+    raise err
+
+
+def open_lab(lab: str | None, agent: str | None = None) -> Any:
+    from autolab.protocol.lab import Lab
+
+    return Lab.open(resolve_lab(lab), agent)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=_default, indent=None) + "\n")
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)

@@ -1,0 +1,238 @@
+"""The lab contract: ``autolab.toml`` parsed into typed, validated config.
+
+A bad file fails with one line naming the key and what was expected, e.g.
+``autolab.toml: metric.direction: expected "min" or "max", got "down"``.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from autolab.protocol.errors import ConfigError
+
+CONFIG_FILE = "autolab.toml"
+# Paths no patch may touch, whatever the lab lists.
+ALWAYS_PROTECTED = (CONFIG_FILE, ".autolab/**")
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One tunable constant of the editable surface (``NAME = value`` in ``file``)."""
+
+    name: str
+    file: str
+    type: str  # "float" | "int" | "choice"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Promotion and lease policy."""
+
+    min_delta: float = 0.0
+    max_attempts: int = 3
+    lease_margin: float = 60.0
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    """Typed view of ``autolab.toml``."""
+
+    name: str
+    metric: str
+    direction: str  # "min" | "max"
+    command: str
+    timeout: float
+    editable: tuple[str, ...]
+    protected: tuple[str, ...]
+    policy: Policy = field(default_factory=Policy)
+    knobs: dict[str, Knob] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+    bounds: tuple[float, float] | None = None
+    floor: float | None = None
+
+    def better(self, candidate: float, best: float | None) -> bool:
+        """True if ``candidate`` beats ``best`` by at least ``policy.min_delta``."""
+        if best is None:
+            return True
+        if self.direction == "min":
+            return candidate <= best - self.policy.min_delta and candidate < best
+        return candidate >= best + self.policy.min_delta and candidate > best
+
+    def lease_seconds(self) -> float:
+        """How long a claim holds: the run's timeout plus the lease margin."""
+        return self.timeout + self.policy.lease_margin
+
+    @property
+    def all_protected(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.protected, *ALWAYS_PROTECTED)))
+
+
+_SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
+    # section -> key -> (accepted types, required)
+    "lab": {"name": (str, False), "description": (str, False)},
+    "metric": {
+        "name": (str, True),
+        "direction": (str, True),
+        "bounds": (list, False),
+        "floor": ((int, float), False),
+    },
+    "run": {"command": (str, True), "timeout": ((int, float), True), "env": (dict, False)},
+    "paths": {"editable": (list, True), "protected": (list, False)},
+    "policy": {
+        "min_delta": ((int, float), False),
+        "max_attempts": (int, False),
+        "lease_margin": ((int, float), False),
+    },
+}
+_KNOB_KEYS = {
+    "file": str,
+    "type": str,
+    "low": (int, float),
+    "high": (int, float),
+    "log": bool,
+    "choices": list,
+}
+
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list",
+             dict: "a table", bool: "true or false"}
+    if isinstance(types, tuple):
+        return " or ".join(dict.fromkeys(names[t] for t in types))
+    return names[types]
+
+
+def _fail(key: str, expected: str, got: Any = ...) -> ConfigError:
+    suffix = "" if got is ... else f", got {got!r}"
+    return ConfigError(f"{CONFIG_FILE}: {key}: expected {expected}{suffix}")
+
+
+def _check_type(key: str, value: Any, types: type | tuple[type, ...]) -> None:
+    # bool is an int subclass; never accept it where a number is expected.
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise _fail(key, _type_name(types), value)
+    if not isinstance(value, types):
+        raise _fail(key, _type_name(types), value)
+
+
+def parse_config(text: str) -> LabConfig:
+    """Parse and validate the text of an ``autolab.toml``.
+
+    Raises:
+        ConfigError: one line naming the offending key and what was expected.
+    """
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{CONFIG_FILE}: not valid TOML: {exc}") from None
+    for section in raw:
+        if section not in _SCHEMA and section != "knobs":
+            raise _fail(section, f"one of the sections {sorted([*_SCHEMA, 'knobs'])}")
+    values: dict[str, dict[str, Any]] = {}
+    for section, keys in _SCHEMA.items():
+        body = raw.get(section, {})
+        if not isinstance(body, dict):
+            raise _fail(section, "a table", body)
+        for key in body:
+            if key not in keys:
+                raise _fail(f"{section}.{key}", f"one of the keys {sorted(keys)} (unknown key)")
+        for key, (types, required) in keys.items():
+            if key not in body:
+                if required:
+                    raise _fail(f"{section}.{key}", f"{_type_name(types)} (missing)")
+                continue
+            _check_type(f"{section}.{key}", body[key], types)
+        values[section] = body
+
+    metric, run, paths, policy = values["metric"], values["run"], values["paths"], values["policy"]
+    if metric["direction"] not in ("min", "max"):
+        raise _fail("metric.direction", '"min" or "max"', metric["direction"])
+    bounds = metric.get("bounds")
+    if bounds is not None and (
+        len(bounds) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+        or not bounds[0] < bounds[1]
+    ):
+        raise _fail("metric.bounds", "[low, high] with low < high", bounds)
+    if not run["timeout"] > 0 or math.isinf(run["timeout"]):
+        raise _fail("run.timeout", "a positive number of seconds", run["timeout"])
+    env = run.get("env", {})
+    for name, value in env.items():
+        if not isinstance(value, str):
+            raise _fail(f"run.env.{name}", "a string", value)
+    for key in ("editable", "protected"):
+        for item in paths.get(key, []):
+            if not isinstance(item, str) or not item or item.startswith("/") or ".." in item:
+                raise _fail(f"paths.{key}", "a list of relative paths", item)
+    if not paths["editable"]:
+        raise _fail("paths.editable", "at least one editable path", [])
+    pol = Policy(
+        min_delta=float(policy.get("min_delta", 0.0)),
+        max_attempts=int(policy.get("max_attempts", 3)),
+        lease_margin=float(policy.get("lease_margin", 60.0)),
+    )
+    if pol.min_delta < 0:
+        raise _fail("policy.min_delta", "a number >= 0", pol.min_delta)
+    if pol.max_attempts < 1:
+        raise _fail("policy.max_attempts", "an integer >= 1", pol.max_attempts)
+    if pol.lease_margin < 0:
+        raise _fail("policy.lease_margin", "a number >= 0", pol.lease_margin)
+
+    return LabConfig(
+        name=values["lab"].get("name", "lab"),
+        description=values["lab"].get("description", ""),
+        metric=metric["name"],
+        direction=metric["direction"],
+        bounds=tuple(float(b) for b in bounds) if bounds else None,  # type: ignore[arg-type]
+        floor=float(metric["floor"]) if "floor" in metric else None,
+        command=run["command"],
+        timeout=float(run["timeout"]),
+        env=dict(env),
+        editable=tuple(paths["editable"]),
+        protected=tuple(paths.get("protected", [])),
+        policy=pol,
+        knobs=_parse_knobs(raw.get("knobs", {}), tuple(paths["editable"])),
+    )
+
+
+def _parse_knobs(raw: Any, editable: tuple[str, ...]) -> dict[str, Knob]:
+    if not isinstance(raw, dict):
+        raise _fail("knobs", "a table of [knobs.NAME] tables", raw)
+    knobs: dict[str, Knob] = {}
+    for name, body in raw.items():
+        where = f"knobs.{name}"
+        if not isinstance(body, dict):
+            raise _fail(where, "a table", body)
+        for key, value in body.items():
+            if key not in _KNOB_KEYS:
+                raise _fail(f"{where}.{key}", f"one of the keys {sorted(_KNOB_KEYS)} (unknown key)")
+            _check_type(f"{where}.{key}", value, _KNOB_KEYS[key])
+        kind = body.get("type")
+        if kind not in ("float", "int", "choice"):
+            raise _fail(f"{where}.type", '"float", "int" or "choice"', kind)
+        file = body.get("file", editable[0])
+        if kind == "choice":
+            if not body.get("choices"):
+                raise _fail(f"{where}.choices", "a non-empty list")
+        elif "low" not in body or "high" not in body or not body["low"] < body["high"]:
+            raise _fail(f"{where}.low/high", "numbers with low < high")
+        if body.get("log") and kind != "choice" and body["low"] <= 0:
+            raise _fail(f"{where}.low", "a positive number when log = true", body["low"])
+        knobs[name] = Knob(
+            name=name,
+            file=file,
+            type=kind,
+            low=body.get("low"),
+            high=body.get("high"),
+            log=bool(body.get("log", False)),
+            choices=tuple(body.get("choices", ())),
+        )
+    return knobs

@@ -1,0 +1,301 @@
+"""``GitStore``: a lab on any Git remote, through a local cache clone.
+
+Reads use pygit2 on a bare cache clone (``$AUTOLAB_CACHE``, default
+``~/.cache/autolab``), one per lab URL, shared by every agent on the host. Writes
+build commits in memory with pygit2 and push them with the ``git`` CLI, because
+libgit2 pushing to a filesystem path writes the remote ref without checking its old
+value. Every push carries an explicit ``--force-with-lease`` expectation, so the
+receiving side compares and swaps under its ref lock: ``main`` only moves from the
+commit we read, and record refs are only created where absent.
+
+Only fetches touch refs of the cache; they are serialized by a ``filelock`` and
+*grouped*: an agent that asked for state at time ``t`` is served by any fetch that
+started after ``t``, so N agents on a host cost far fewer than N fetches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pygit2
+from autolab.protocol.errors import Conflict, LabError, TransportError
+from autolab.protocol.redact import redact
+from autolab.protocol.store import MAIN, RECORD_PREFIX, FileChange, LabStore, Snapshot
+from filelock import FileLock
+
+_TRACK = "refs/remotes/origin/"
+_GIT_TIMEOUT = float(os.environ.get("AUTOLAB_GIT_TIMEOUT", "120"))
+# Rejections that mean "another writer won", as opposed to a broken transport.
+_LOST_RACE = ("stale info", "fetch first", "non-fast-forward", "already exists", "rejected")
+
+
+def cache_root() -> Path:
+    """Directory holding the per-lab cache clones."""
+    env = os.environ.get("AUTOLAB_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autolab"
+
+
+def normalize_url(url: str) -> str:
+    """Absolute path for local labs, the URL unchanged otherwise."""
+    if "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url):
+        return url
+    return str(Path(url).expanduser().resolve())
+
+
+def _git_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", LANG="C", GIT_ASKPASS="true")
+    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    return env
+
+
+class GitStore(LabStore):
+    """A lab behind a Git URL: a filesystem path, ``file://``, ``git://``, ``ssh://``
+    or ``https://``.
+
+    Example:
+        >>> store = GitStore("/srv/labs/tiny.git")      # doctest: +SKIP
+        >>> snap = store.refresh()
+        >>> store.read_file(snap.main, "autolab.toml")
+    """
+
+    def __init__(self, url: str, cache_dir: Path | None = None) -> None:
+        self.url = normalize_url(url)
+        digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", self.url.rstrip("/").split("/")[-1])[:40]
+        self.path = (cache_dir or cache_root()) / f"{slug}-{digest}.git"
+        self._lock = FileLock(str(self.path) + ".lock")
+        self._stamp = Path(str(self.path) + ".fetched")
+        self._repo: pygit2.Repository | None = None
+
+    # -- cache clone ---------------------------------------------------------------
+
+    @property
+    def repo(self) -> pygit2.Repository:
+        if self._repo is None:
+            with self._lock:
+                self._ensure_cache()
+            self._repo = pygit2.Repository(str(self.path))
+        return self._repo
+
+    def _ensure_cache(self) -> None:
+        """Create the bare cache clone, or rebuild it if it is damaged (lock held)."""
+        if self.path.exists():
+            try:
+                pygit2.Repository(str(self.path))
+                return
+            except (pygit2.GitError, KeyError):
+                shutil.rmtree(self.path, ignore_errors=True)
+                self._stamp.unlink(missing_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self._git("init", "--bare", "--quiet", str(tmp), cwd=None)
+        for key, value in (
+            ("remote.origin.url", self.url),
+            ("gc.auto", "0"),  # gc of a shared cache must not race with readers
+            ("fetch.writeCommitGraph", "false"),
+            ("core.logAllRefUpdates", "false"),
+        ):
+            self._git("config", key, value, cwd=tmp)
+        os.replace(tmp, self.path)
+
+    def _git(self, *args: str, cwd: Path | None | str = "", check: bool = True,
+             timeout: float = _GIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+        where = self.path if cwd == "" else cwd
+        try:
+            proc = subprocess.run(
+                ["git", *args], cwd=where, env=_git_env(), capture_output=True, text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise TransportError(
+                f"git {args[0]} timed out after {timeout:.0f}s on {redact(self.url)}"
+            ) from None
+        if check and proc.returncode != 0:
+            raise TransportError(
+                f"git {args[0]} failed on {redact(self.url)}: {redact(_last_line(proc.stderr))}"
+            )
+        return proc
+
+    # -- reads -----------------------------------------------------------------------
+
+    def refresh(self, *, since: float | None = None) -> Snapshot:
+        requested = time.time() if since is None else since
+        repo = self.repo
+        with self._lock:
+            started = _read_stamp(self._stamp)
+            if started is None or started < requested:
+                started = time.time()
+                self._fetch_state()
+                self._stamp.write_text(repr(started))
+            return self._read_snapshot(repo, started)
+
+    def _fetch_state(self) -> None:
+        proc = self._git(
+            "fetch", "--prune", "--no-write-fetch-head", "--quiet", "--no-tags", "origin",
+            f"+{MAIN}:{_TRACK}main", f"+{RECORD_PREFIX}*:{_TRACK}autolab/*", check=False,
+        )
+        if proc.returncode != 0:
+            full = proc.stderr
+            err = redact(_first_error(full))
+            if "couldn't find remote ref" in full:
+                raise LabError(f"{redact(self.url)} has no main branch: not a lab")
+            if any(s in full for s in ("does not appear to be a git repository",
+                                       "not found", "No such file", "repository not exported",
+                                       "no such repository")):
+                raise LabError(f"{redact(self.url)}: no such lab ({err})")
+            raise TransportError(f"cannot fetch {redact(self.url)}: {err}")
+
+    def _read_snapshot(self, repo: pygit2.Repository, started: float) -> Snapshot:
+        main = repo.references.get(f"{_TRACK}main")
+        if main is None:
+            raise LabError(f"{redact(self.url)} has no main branch: not a lab")
+        prefix = f"{_TRACK}autolab/"
+        records = {
+            RECORD_PREFIX + name[len(prefix):]: str(repo.references[name].target)
+            for name in repo.references
+            if name.startswith(prefix)
+        }
+        return Snapshot(main=str(main.target), records=records, fetched_at=started)
+
+    def _tree(self, commit: str) -> pygit2.Tree:
+        return self.repo[commit].peel(pygit2.Tree)
+
+    def list_dir(self, commit: str, path: str) -> dict[str, str]:
+        tree = self._tree(commit)
+        try:
+            sub = tree[path] if path else tree
+        except KeyError:
+            return {}
+        if sub.type_str != "tree":
+            return {}
+        return {f"{path}/{e.name}": str(e.id) for e in self.repo[sub.id] if e.type_str == "blob"}
+
+    def list_files(self, commit: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+
+        def walk(tree: pygit2.Tree, prefix: str) -> None:
+            for entry in tree:
+                if entry.type_str == "tree":
+                    walk(self.repo[entry.id], f"{prefix}{entry.name}/")
+                elif entry.type_str == "blob":
+                    out[prefix + entry.name] = str(entry.id)
+
+        walk(self._tree(commit), "")
+        return out
+
+    def read_blob(self, blob_id: str) -> bytes:
+        return self.repo[blob_id].data
+
+    def read_file(self, commit: str, path: str) -> bytes | None:
+        try:
+            entry = self._tree(commit)[path]
+        except KeyError:
+            return None
+        return self.repo[entry.id].data if entry.type_str == "blob" else None
+
+    def commit_time(self, commit: str) -> float:
+        return float(self.repo[commit].commit_time)
+
+    # -- writes ----------------------------------------------------------------------
+
+    def make_commit(self, parent: str | None, change: FileChange, message: str, *,
+                    merge_parent: str | None = None, agent: str = "autolab") -> str:
+        repo = self.repo
+        index = pygit2.Index()
+        if parent is not None:
+            index.read_tree(self._tree(parent))
+        for path in change.remove:
+            if path in index:
+                index.remove(path)
+        for path, data in change.add.items():
+            index.add(pygit2.IndexEntry(path, repo.create_blob(data), pygit2.GIT_FILEMODE_BLOB))
+        for path, blob in change.add_blobs.items():
+            index.add(pygit2.IndexEntry(path, pygit2.Oid(hex=blob), pygit2.GIT_FILEMODE_BLOB))
+        tree = index.write_tree(repo)
+        who = pygit2.Signature(f"autolab {agent}"[:80], "autolab@localhost")
+        parents = [p for p in (parent, merge_parent) if p is not None]
+        return str(repo.create_commit(None, who, who, message, tree, parents))
+
+    def _push(self, *specs: str) -> dict[str, tuple[str, str]]:
+        """Push refspecs; return {dst ref: (flag, summary)} from ``--porcelain``."""
+        proc = self._git("push", "--porcelain", "origin", *specs, check=False)
+        result: dict[str, tuple[str, str]] = {}
+        for line in proc.stdout.splitlines():
+            parts = line.split("\t")
+            if len(parts) >= 3 and ":" in parts[1]:
+                result[parts[1].split(":", 1)[1]] = (parts[0], parts[2])
+        if proc.returncode != 0 and not result:
+            raise TransportError(
+                f"cannot push to {redact(self.url)}: {redact(_last_line(proc.stderr))}"
+            )
+        return result
+
+    def _push_one(self, ref: str, commit: str, expected: str | None) -> None:
+        lease = f"--force-with-lease={ref}:{expected or ''}"
+        flag, summary = self._push(lease, f"{commit}:{ref}").get(ref, ("!", "no status"))
+        if flag == "!":
+            if any(word in summary for word in _LOST_RACE):
+                raise Conflict(ref, f"{ref}: {summary}")
+            raise TransportError(f"push of {ref} to {redact(self.url)} failed: {summary}")
+
+    def cas_main(self, new: str, expected: str) -> None:
+        self._push_one(MAIN, new, expected)
+
+    def create_ref(self, ref: str, commit: str) -> None:
+        self._push_one(ref, commit, None)
+
+    def push_ref(self, ref: str, commit: str, expected: str | None) -> None:
+        self._push_one(ref, commit, expected)
+
+    def delete_refs(self, refs: Mapping[str, str]) -> list[str]:
+        if not refs:
+            return []
+        specs = [f"--force-with-lease={ref}:{old}" for ref, old in refs.items()]
+        status = self._push(*specs, *(f":{ref}" for ref in refs))
+        return [ref for ref in refs if status.get(ref, ("!", ""))[0] == "-"]
+
+    def fetch_ref(self, ref: str) -> str | None:
+        local = f"refs/autolab-fetched/{ref.removeprefix('refs/')}"
+        repo = self.repo
+        with self._lock:  # fetches write refs of the shared cache
+            proc = self._git("fetch", "--no-write-fetch-head", "--quiet", "--no-tags",
+                             "origin", f"+{ref}:{local}", check=False)
+        if proc.returncode != 0:
+            if "couldn't find remote ref" in proc.stderr:
+                return None
+            raise TransportError(
+                f"cannot fetch {ref} from {redact(self.url)}: {redact(_last_line(proc.stderr))}"
+            )
+        found = repo.references.get(local)
+        return str(found.target) if found else None
+
+
+def _read_stamp(path: Path) -> float | None:
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _first_error(text: str) -> str:
+    """The first line git marks as fatal/error (its last line is often a hint)."""
+    for line in text.splitlines():
+        if line.startswith(("fatal:", "error:")):
+            return line.strip()
+    return _last_line(text)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no message)"

@@ -1,0 +1,257 @@
+"""``Lab``: the write side of the protocol, shared by every transaction.
+
+Two kinds of writes exist (DESIGN.md §4):
+
+* **main commits** (:meth:`Lab.commit_main`) move the single register ``main`` by
+  compare-and-swap. The caller's ``decide`` function runs against the exact parent
+  the commit is built on and runs again after every lost race, so conditional
+  operations (propose, promote, compact) always re-decide on fresh state. Every main
+  commit also folds the pending record refs in, giving their rows sequence numbers.
+* **record refs** (:meth:`Lab.create_record`) are create-only refs
+  ``refs/autolab/<kind>/<experiment>/<attempt>``; exactly one writer wins each name,
+  and different experiments never contend. Claims and attempt outcomes travel this
+  way, so the hottest writes do not serialize on ``main``.
+
+A record ref is deleted only after its rows have been on ``main`` for ``ref_grace``
+seconds: a writer that read state before the record existed and creates the same
+name afterwards would otherwise succeed on a deleted name. Writers that took longer
+than that between read and write check again (see ``transactions``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+from autolab.protocol.errors import Conflict, TransportError
+from autolab.protocol.reader import LabView, read_view
+from autolab.protocol.schemas import TABLES
+from autolab.protocol.shards import encode, new_shard_name, with_seq
+from autolab.protocol.store import RECORD_PREFIX, FileChange, LabStore
+
+
+def default_agent_id() -> str:
+    """``$AUTOLAB_AGENT``, else ``<host>-<pid>``."""
+    return os.environ.get("AUTOLAB_AGENT") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_event_id() -> str:
+    return secrets.token_hex(12)
+
+
+@dataclass
+class Backoff:
+    """Bounded, jittered exponential backoff ("full jitter")."""
+
+    attempts: int = 30
+    base: float = 0.02
+    cap: float = 1.0
+    deadline: float = 120.0  # seconds; give up after this whatever the count
+
+    def delays(self) -> Any:
+        start = time.monotonic()
+        for n in range(self.attempts):
+            if time.monotonic() - start > self.deadline:
+                return
+            yield n
+            time.sleep(random.uniform(0, min(self.cap, self.base * 2**n)))
+
+
+@dataclass
+class MainChange:
+    """What a main commit adds: rows per table, files, an optional merge parent."""
+
+    message: str
+    rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    files: FileChange = field(default_factory=FileChange)
+    merge_parent: str | None = None
+    fold_records: bool = True
+    result: Any = None  # returned to the caller of commit_main
+
+
+class Lab:
+    """A lab opened by one agent.
+
+    Args:
+        store: where the lab lives.
+        agent: this agent's id (recorded with every row it writes).
+        fold_threshold: fold record refs into ``main`` once this many are pending.
+        ref_grace: seconds a folded record ref is kept before it is deleted.
+    """
+
+    def __init__(self, store: LabStore, agent: str | None = None, *, fold_threshold: int = 24,
+                 ref_grace: float = float(os.environ.get("AUTOLAB_REF_GRACE", "120")),
+                 backoff: Backoff | None = None) -> None:
+        self.store = store
+        self.agent = agent or default_agent_id()
+        self.fold_threshold = fold_threshold
+        self.ref_grace = ref_grace
+        self.backoff = backoff or Backoff()
+        self.stats = {"conflicts": 0, "main_commits": 0, "records": 0, "folds": 0}
+
+    @classmethod
+    def open(cls, url: str, agent: str | None = None, **kwargs: Any) -> Lab:
+        from autolab.protocol.gitstore import GitStore
+
+        return cls(GitStore(url), agent, **kwargs)
+
+    # -- reads -----------------------------------------------------------------------
+
+    def read(self, *, since: float | None = None) -> LabView:
+        """Fetch and fold. ``since``: accept a fetch started at or after this time."""
+        snapshot = self._retry_transport(lambda: self.store.refresh(since=since))
+        return read_view(self.store, snapshot)
+
+    def _retry_transport(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn``, retrying transport failures (server restarts) with backoff."""
+        last: TransportError | None = None
+        for _ in Backoff(attempts=8, base=0.25, cap=4.0, deadline=60).delays():
+            try:
+                return fn()
+            except TransportError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    # -- main commits ------------------------------------------------------------------
+
+    def commit_main(self, decide: Callable[[LabView], MainChange | None],
+                    view: LabView | None = None) -> tuple[LabView, str | None, Any]:
+        """Compare-and-swap a commit onto ``main``, re-deciding after each lost race.
+
+        Args:
+            decide: called with the state the commit will be built on; returns the
+                change, or None when there is nothing (left) to do.
+            view: a fresh view to start from (saves one fetch).
+
+        Returns:
+            ``(view decided on, new main commit or None, change.result)``.
+        """
+        for n in self.backoff.delays():
+            if view is None or n > 0:
+                view = self.read()
+            change = decide(view)
+            if change is None:
+                return view, None, None
+            commit = self.build_main_commit(view, change)
+            try:
+                self._retry_transport(lambda c=commit, v=view: self.store.cas_main(c, v.main))
+            except Conflict:
+                self.stats["conflicts"] += 1
+                continue
+            self.stats["main_commits"] += 1
+            return view, commit, change.result
+        raise TransportError(f"gave up committing to main of {self.store.url} after retries")
+
+    def build_main_commit(self, view: LabView, change: MainChange) -> str:
+        """Build (not push) the commit for ``change`` on ``view.main``."""
+        seq = view.state.max_seq
+        add: dict[str, bytes] = dict(change.files.add)
+        pending = view.pending if change.fold_records else []
+        for table in TABLES:
+            parts = [
+                t for r in pending for name, blob in r.shards if name.table == table
+                for t in [self._record_rows(view, name, blob, r.commit)]
+            ]
+            new_rows = change.rows.get(table, [])
+            if new_rows:
+                parts.append(pa_table(table, [self._stamp_row(row) for row in new_rows]))
+            parts = [p for p in parts if p.num_rows]
+            if not parts:
+                continue
+            data = with_seq(concat(parts), seq + 1)
+            seq += data.num_rows
+            add[new_shard_name(table, self.agent, seq).path] = encode(table, data)
+        files = FileChange(add=add, remove=change.files.remove, add_blobs=change.files.add_blobs)
+        message = change.message
+        if pending:
+            message += f"\n\nFolds {len(pending)} record ref(s)."
+        message += f"\n\nAutolab-Agent: {self.agent}\n"
+        return self.store.make_commit(view.main, files, message,
+                                      merge_parent=change.merge_parent, agent=self.agent)
+
+    def _record_rows(self, view: LabView, name: Any, blob: str, commit: str) -> Any:
+        from autolab.protocol.reader import read_shard
+
+        return read_shard(self.store, name.table, blob, name.path, commit)[0]
+
+    def _stamp_row(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {"event_id": new_event_id(), "agent": self.agent, **row, "seq": None}
+
+    # -- record refs -------------------------------------------------------------------
+
+    def create_record(self, ref: str, rows: dict[str, list[dict[str, Any]]],
+                      message: str) -> str:
+        """Create the record ref ``ref`` holding ``rows``; raise Conflict if it exists."""
+        add = {
+            new_shard_name(table, self.agent).path: encode(
+                table, [self._stamp_row(r) for r in table_rows]
+            )
+            for table, table_rows in rows.items() if table_rows
+        }
+        commit = self.store.make_commit(
+            None, FileChange(add=add), f"{message}\n\nAutolab-Agent: {self.agent}\n",
+            agent=self.agent,
+        )
+        self._retry_transport(lambda: self.store.create_ref(ref, commit))
+        self.stats["records"] += 1
+        return commit
+
+    def fold(self, view: LabView | None = None, *, force: bool = False) -> str | None:
+        """Fold pending record refs into ``main`` and delete long-folded ones.
+
+        Best effort: one attempt; losing the race is fine (the winner folded them).
+        Returns the new main commit, or None if nothing was folded.
+        """
+        view = view or self.read()
+        commit = None
+        if view.pending and (force or len(view.pending) >= self.fold_threshold):
+            change = MainChange(message=f"fold {len(view.pending)} record(s)")
+            candidate = self.build_main_commit(view, change)
+            try:
+                self.store.cas_main(candidate, view.main)
+                commit = candidate
+                self.stats["folds"] += 1
+            except (Conflict, TransportError):
+                self.stats["conflicts"] += 1
+        self.delete_folded(view)
+        return commit
+
+    def delete_folded(self, view: LabView) -> list[str]:
+        """Delete record refs folded into ``view.main`` more than ``ref_grace`` ago."""
+        horizon = time.time() - self.ref_grace
+        old = {r.ref: r.commit for r in view.records if r.on_main and r.time < horizon}
+        if not old:
+            return []
+        try:
+            return self.store.delete_refs(old)
+        except TransportError:
+            return []
+
+
+def record_ref(kind: str, experiment_id: str, attempt: int) -> str:
+    return f"{RECORD_PREFIX}{kind}/{experiment_id}/{attempt}"
+
+
+def pa_table(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    from autolab.protocol.schemas import SCHEMA_VERSION, SCHEMAS
+
+    return pa.Table.from_pylist(
+        [{**r, "schema_version": SCHEMA_VERSION} for r in rows], schema=SCHEMAS[table]
+    )
+
+
+def concat(parts: list[pa.Table]) -> pa.Table:
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)

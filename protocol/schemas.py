@@ -1,0 +1,88 @@
+"""Explicit, versioned pyarrow schemas of the lab's tables (DESIGN.md §4.9).
+
+Each table is a directory of immutable parquet shards under ``.autolab/<table>/`` on
+``main``. Every row carries ``seq`` (its position in the lab's total order, assigned
+when the shard lands on ``main``; null while it only lives in a record ref),
+``event_id`` (unique per row) and ``schema_version``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+TABLES = ("queue", "scores", "ideas")
+
+QUEUE_EVENTS = ("proposed", "claimed", "released", "expired", "failed", "cancelled", "promoted")
+SCORE_STATUSES = ("ok", "crash", "timeout", "invalid")
+
+_TS = pa.timestamp("us", tz="UTC")
+_COMMON = [
+    pa.field("seq", pa.int64()),
+    pa.field("event_id", pa.string(), nullable=False),
+    pa.field("schema_version", pa.int16(), nullable=False),
+]
+
+QUEUE = pa.schema(
+    [
+        *_COMMON,
+        pa.field("experiment_id", pa.string(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("attempt", pa.int32()),
+        pa.field("agent", pa.string()),
+        pa.field("at", _TS),
+        pa.field("lease_until", _TS),
+        pa.field("parent_commit", pa.string()),
+        pa.field("patch", pa.string()),
+        pa.field("patch_hash", pa.string()),
+        pa.field("hypothesis", pa.string()),
+        pa.field("priority", pa.float64()),
+        pa.field("reason", pa.string()),
+        pa.field("metric", pa.float64()),
+        pa.field("source_commit", pa.string()),
+        pa.field("backend", pa.string()),
+        pa.field("job_id", pa.string()),
+    ],
+    metadata={"autolab.table": "queue", "autolab.schema_version": str(SCHEMA_VERSION)},
+)
+
+SCORES = pa.schema(
+    [
+        *_COMMON,
+        pa.field("experiment_id", pa.string(), nullable=False),
+        pa.field("attempt", pa.int32(), nullable=False),
+        pa.field("agent", pa.string()),
+        pa.field("parent_commit", pa.string()),
+        pa.field("branch_commit", pa.string()),
+        pa.field("metric", pa.float64()),
+        pa.field("metrics", pa.map_(pa.string(), pa.float64())),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("runtime_s", pa.float64()),
+        pa.field("backend", pa.string()),
+        pa.field("job_id", pa.string()),
+        pa.field("harness_hash", pa.string()),
+        pa.field("patch_hash", pa.string()),
+        pa.field("started_at", _TS),
+        pa.field("finished_at", _TS),
+        pa.field("late", pa.bool_()),
+        pa.field("result_digest", pa.string()),
+    ],
+    metadata={"autolab.table": "scores", "autolab.schema_version": str(SCHEMA_VERSION)},
+)
+
+IDEAS = pa.schema(
+    [
+        *_COMMON,
+        pa.field("idea_id", pa.string(), nullable=False),
+        pa.field("agent", pa.string()),
+        pa.field("at", _TS),
+        pa.field("title", pa.string()),
+        pa.field("body", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("tags", pa.list_(pa.string())),
+    ],
+    metadata={"autolab.table": "ideas", "autolab.schema_version": str(SCHEMA_VERSION)},
+)
+
+SCHEMAS: dict[str, pa.Schema] = {"queue": QUEUE, "scores": SCORES, "ideas": IDEAS}

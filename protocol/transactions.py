@@ -1,0 +1,436 @@
+"""The protocol's transactions: propose, claim, submit, reap, release, cancel,
+promote, compact. Each is bounded in retries, backs off with jitter, and re-decides
+on fresh state after a lost race (DESIGN.md §4.4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from autolab.protocol.errors import AutoLabError, Conflict, NothingToDo, ResultMismatch
+from autolab.protocol.lab import Lab, MainChange, now, record_ref
+from autolab.protocol.patches import check_patch, matches, normalized_hash
+from autolab.protocol.reader import LabView
+from autolab.protocol.schemas import SCORE_STATUSES, TABLES
+from autolab.protocol.shards import encode, new_shard_name, parse_shard_path
+from autolab.protocol.store import FileChange
+
+
+def branch_name(experiment_id: str) -> str:
+    """The experiment's branch: patch commit, then result commit."""
+    return f"autolab/exp/{experiment_id}"
+
+
+# -- propose ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An experiment to enqueue: one hypothesis, one patch (a unified diff)."""
+
+    hypothesis: str
+    patch: str
+    priority: float = 1.0
+
+
+def propose(lab: Lab, proposals: list[Proposal]) -> list[str | None]:
+    """Enqueue experiments in one commit; return their ids (None for duplicates).
+
+    A proposal whose normalized patch hash matches any experiment that has not failed
+    (or an earlier proposal of the same batch) is dropped. Raises PatchError for a
+    patch that is not a diff, is too large, or touches a protected or non-editable path.
+    """
+
+    def decide(view: LabView) -> MainChange | None:
+        config = view.config
+        seen = view.state.patch_hashes()
+        next_number = len(view.state.experiments) + 1
+        ids: list[str | None] = []
+        rows = []
+        for p in proposals:
+            check_patch(p.patch, config.editable, config.all_protected)
+            digest = normalized_hash(p.patch)
+            if digest in seen:
+                ids.append(None)
+                continue
+            seen.add(digest)
+            eid = f"{next_number:04d}"
+            next_number += 1
+            ids.append(eid)
+            rows.append({
+                "experiment_id": eid, "event": "proposed", "at": now(),
+                "parent_commit": view.main, "patch": p.patch, "patch_hash": digest,
+                "hypothesis": p.hypothesis, "priority": float(p.priority),
+            })
+        if not rows:
+            return None
+        first = next(i for i in ids if i)
+        message = f"propose {len(rows)} experiment(s) from {first}: {rows[0]['hypothesis'][:60]}"
+        return MainChange(message=message, rows={"queue": rows}, result=ids)
+
+    view, _, ids = lab.commit_main(decide)
+    if ids is None:  # everything was a duplicate
+        return [None] * len(proposals)
+    lab.fold(view)
+    return ids
+
+
+# -- claim -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A won claim: run ``patch`` on ``parent_commit`` before ``lease_until``."""
+
+    experiment_id: str
+    attempt: int
+    lease_until: datetime
+    patch: str
+    patch_hash: str
+    hypothesis: str
+    parent_commit: str | None
+    main: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "experiment_id": self.experiment_id, "attempt": self.attempt,
+            "lease_until": self.lease_until.isoformat(), "hypothesis": self.hypothesis,
+            "patch": self.patch, "patch_hash": self.patch_hash,
+            "parent_commit": self.parent_commit, "main": self.main,
+        }
+
+
+def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
+          lease_seconds: float | None = None, experiment_id: str | None = None) -> Claim:
+    """Claim one queued experiment: weighted random among the claimable ones.
+
+    Raises:
+        NothingToDo: nothing is claimable (exit code 3 in the CLI).
+    """
+    lost: set[str] = set()
+    since = None
+    for _ in lab.backoff.delays():
+        view = lab.read(since=since)
+        since = time.time()
+        queued = [e for e in view.state.by_state("queued") if e.id not in lost]
+        if experiment_id is not None:
+            queued = [e for e in queued if e.id == experiment_id]
+        if not queued:
+            if lost and experiment_id is None:
+                lost.clear()  # the ones we lost may have been released meanwhile
+                continue
+            raise NothingToDo("nothing to claim")
+        exp = random.choices(queued, weights=[max(e.priority, 1e-3) for e in queued])[0]
+        attempt = exp.attempt + 1
+        lease = lease_seconds if lease_seconds is not None else view.config.lease_seconds()
+        lease_until = now() + timedelta(seconds=lease)
+        row = {"experiment_id": exp.id, "event": "claimed", "attempt": attempt,
+               "at": now(), "lease_until": lease_until, "backend": backend, "job_id": job_id}
+        try:
+            lab.create_record(record_ref("claims", exp.id, attempt), {"queue": [row]},
+                              f"claim {exp.id} attempt {attempt}")
+        except Conflict:
+            lab.stats["conflicts"] += 1
+            lost.add(exp.id)
+            continue
+        if time.time() - view.snapshot.fetched_at > lab.ref_grace / 4 and not _still_ours(
+            lab, exp.id, attempt
+        ):
+            lost.add(exp.id)
+            continue
+        lab.fold(view)
+        return Claim(exp.id, attempt, lease_until, exp.patch, exp.patch_hash, exp.hypothesis,
+                     exp.parent_commit, view.main)
+    raise NothingToDo("gave up claiming after repeated lost races")
+
+
+def _still_ours(lab: Lab, experiment_id: str, attempt: int) -> bool:
+    """After a slow claim, confirm the fold credits it to us (not an earlier twin)."""
+    exp = lab.read().state.experiments[experiment_id]
+    return exp.attempt == attempt and exp.agent == lab.agent
+
+
+# -- submit ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    """``recorded`` (counts), ``late`` (kept as data, never promoted) or ``duplicate``."""
+
+    outcome: str
+    experiment_id: str
+    attempt: int
+    late: bool
+
+
+def result_digest(result: dict[str, Any]) -> str:
+    """Identity of a result: what makes two submissions 'the same'."""
+    key = {k: result.get(k) for k in ("status", "metric", "branch_commit")}
+    key["metrics"] = sorted((result.get("metrics") or {}).items())
+    blob = json.dumps(key, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def make_score(experiment_id: str, attempt: int, *, status: str, metric: float | None,
+               metrics: dict[str, float] | None = None, **extra: Any) -> dict[str, Any]:
+    """A score row; a non-finite metric turns an ``ok`` status into ``invalid``."""
+    if status not in SCORE_STATUSES:
+        raise AutoLabError(f"status must be one of {', '.join(SCORE_STATUSES)}, got {status!r}")
+    if metric is not None and not math.isfinite(metric):
+        status, extra["reason"] = "invalid", extra.get("reason") or f"metric is {metric}"
+        metric = None
+    clean = {k: float(v) for k, v in (metrics or {}).items()
+             if isinstance(v, (int, float)) and math.isfinite(v)}
+    row = {"experiment_id": experiment_id, "attempt": attempt, "status": status,
+           "metric": metric, "metrics": clean, "late": False, **extra}
+    row.setdefault("finished_at", now())
+    row["result_digest"] = result_digest(row)
+    return row
+
+
+def submit(lab: Lab, score: dict[str, Any]) -> SubmitResult:
+    """Record a finished attempt's score. Idempotent per (experiment, attempt).
+
+    Raises:
+        ResultMismatch: a different result is already recorded for this attempt.
+        AutoLabError: the experiment is unknown or the attempt was never claimed.
+    """
+    eid, attempt, digest = score["experiment_id"], score["attempt"], score["result_digest"]
+    for _ in lab.backoff.delays():
+        view = lab.read()
+        exp = view.state.experiments.get(eid)
+        if exp is None:
+            raise AutoLabError(f"unknown experiment {eid}")
+        if not 1 <= attempt <= exp.attempt:
+            raise AutoLabError(f"attempt {attempt} of experiment {eid} was never claimed")
+        for existing in view.state.scores_for(eid, attempt):
+            if existing["result_digest"] == digest:
+                return SubmitResult("duplicate", eid, attempt, existing["late"])
+            raise ResultMismatch(
+                f"experiment {eid} attempt {attempt} already has a different result "
+                f"(status {existing['status']}, metric {existing['metric']})"
+            )
+        current = exp.state == "claimed" and exp.attempt == attempt and attempt not in exp.outcomes
+        if not current:
+            row = {**score, "late": True}
+            lab.commit_main(lambda v, r=row: _late_change(v, r), view)
+            return SubmitResult("late", eid, attempt, True)
+        try:
+            lab.create_record(record_ref("results", eid, attempt), {"scores": [score]},
+                              f"result {eid} attempt {attempt}: {score['status']} "
+                              f"{score.get('metric')}")
+        except Conflict:
+            lab.stats["conflicts"] += 1
+            continue  # someone ended this attempt first (reaper?): re-read, maybe late
+        late = False
+        if time.time() - view.snapshot.fetched_at > lab.ref_grace / 4:
+            mine = lab.read().state.scores_for(eid, attempt)
+            late = any(s["result_digest"] == digest and s["late"] for s in mine)
+        lab.fold(view)
+        return SubmitResult("late" if late else "recorded", eid, attempt, late)
+    raise AutoLabError(f"gave up submitting {eid} attempt {attempt} after repeated lost races")
+
+
+def _late_change(view: LabView, row: dict[str, Any]) -> MainChange | None:
+    existing = view.state.scores_for(row["experiment_id"], row["attempt"])
+    if any(s["result_digest"] == row["result_digest"] for s in existing):
+        return None
+    return MainChange(message=f"late result {row['experiment_id']} attempt {row['attempt']}",
+                      rows={"scores": [row]})
+
+
+# -- reap / release / cancel -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reaped:
+    experiment_id: str
+    attempt: int
+    event: str  # expired | failed
+
+
+def _end_attempt(lab: Lab, experiment_id: str, attempt: int, event: str, reason: str) -> bool:
+    row = {"experiment_id": experiment_id, "event": event, "attempt": attempt,
+           "at": now(), "reason": reason}
+    try:
+        lab.create_record(record_ref("results", experiment_id, attempt), {"queue": [row]},
+                          f"{event} {experiment_id} attempt {attempt}: {reason}")
+    except Conflict:
+        return False  # the attempt already ended (a result or another reaper won)
+    return True
+
+
+def reap(lab: Lab, view: LabView | None = None, *, at: datetime | None = None) -> list[Reaped]:
+    """End every attempt whose lease expired: back to queued, or failed at max_attempts."""
+    view = view or lab.read()
+    moment = at or now()
+    done: list[Reaped] = []
+    max_attempts = view.config.policy.max_attempts
+    for exp in view.state.by_state("claimed"):
+        if exp.lease_until is None or exp.lease_until > moment:
+            continue
+        event = "failed" if exp.attempt >= max_attempts else "expired"
+        reason = f"lease of attempt {exp.attempt} by {exp.agent} expired"
+        if event == "failed":
+            reason += f" (max_attempts {max_attempts} reached)"
+        if _end_attempt(lab, exp.id, exp.attempt, event, reason):
+            done.append(Reaped(exp.id, exp.attempt, event))
+    return done
+
+
+def release(lab: Lab, experiment_id: str, attempt: int, reason: str) -> bool:
+    """Give a claimed attempt back to the queue (e.g. a worker shutting down)."""
+    return _end_attempt(lab, experiment_id, attempt, "released", reason)
+
+
+def cancel(lab: Lab, experiment_id: str, reason: str) -> bool:
+    """Cancel an experiment that has not finished; False if it already had."""
+
+    def decide(view: LabView) -> MainChange | None:
+        exp = view.state.experiments.get(experiment_id)
+        if exp is None:
+            raise AutoLabError(f"unknown experiment {experiment_id}")
+        if exp.terminal:
+            return None
+        row = {"experiment_id": experiment_id, "event": "cancelled", "at": now(),
+               "reason": reason, "attempt": exp.attempt or None}
+        return MainChange(message=f"cancel {experiment_id}: {reason}", rows={"queue": [row]},
+                          result=True)
+
+    return bool(lab.commit_main(decide)[2])
+
+
+# -- promote ---------------------------------------------------------------------------
+
+
+@dataclass
+class Promotion:
+    """Outcome of :func:`promote`: ``promoted`` and the merge commit, or the reason not."""
+
+    experiment_id: str
+    promoted: bool
+    reason: str = ""
+    commit: str | None = None
+    metric: float | None = None
+    previous: float | None = None
+
+
+def promotion_blocker(view: LabView, experiment_id: str) -> str | None:
+    """Why ``experiment_id`` cannot be promoted on ``view`` (None: it can)."""
+    exp = view.state.experiments.get(experiment_id)
+    if exp is None:
+        return f"unknown experiment {experiment_id}"
+    if exp.promoted:
+        return "already promoted"
+    result = exp.result
+    if exp.state != "done" or result is None:
+        return f"experiment is {exp.state}, not done"
+    if result["status"] != "ok" or result["metric"] is None:
+        return f"result status is {result['status']}"
+    if not result.get("branch_commit"):
+        return "result has no branch commit"
+    config, best = view.config, view.state.best_metric
+    if not config.better(result["metric"], best):
+        return (f"{config.metric} {result['metric']:.6g} does not beat the best {best:.6g} "
+                f"by min_delta {config.policy.min_delta:g}")
+    return None
+
+
+def promote(lab: Lab, experiment_id: str) -> Promotion:
+    """Merge an experiment into ``main`` if it still beats the best on the exact parent.
+
+    The merge commit's first parent is the previous ``main``, its second the
+    experiment's branch head; its editable paths equal the experiment's versions.
+    """
+    outcome = Promotion(experiment_id, promoted=False)
+    fetched: set[str] = set()
+
+    def decide(view: LabView) -> MainChange | None:
+        blocker = promotion_blocker(view, experiment_id)
+        if blocker:
+            outcome.reason = blocker
+            return None
+        result = view.state.experiments[experiment_id].result
+        assert result is not None
+        head = result["branch_commit"]
+        if head not in fetched:
+            got = lab.store.fetch_ref(f"refs/heads/{branch_name(experiment_id)}")
+            if got is None:
+                raise AutoLabError(f"branch {branch_name(experiment_id)} not found on the lab")
+            fetched.add(head)
+        editable = view.config.editable
+        theirs = {p: b for p, b in lab.store.list_files(head).items() if matches(p, editable)}
+        ours = [p for p in lab.store.list_files(view.main) if matches(p, editable)]
+        previous = view.state.best_metric
+        outcome.metric, outcome.previous = result["metric"], previous
+        row = {"experiment_id": experiment_id, "event": "promoted", "at": now(),
+               "attempt": result["attempt"], "metric": result["metric"], "source_commit": head}
+        was = "none" if previous is None else f"{previous:.6g}"
+        return MainChange(
+            message=(f"promote {experiment_id}: {view.config.metric} {was} -> "
+                     f"{result['metric']:.6g}"),
+            rows={"queue": [row]},
+            files=FileChange(remove=[p for p in ours if p not in theirs], add_blobs=theirs),
+            merge_parent=head,
+        )
+
+    _, commit, _ = lab.commit_main(decide)
+    if commit is not None:
+        outcome.promoted, outcome.commit, outcome.reason = True, commit, "promoted"
+    return outcome
+
+
+# -- compact ---------------------------------------------------------------------------
+
+
+@dataclass
+class Compaction:
+    commit: str | None
+    shards_before: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+def compact(lab: Lab, *, min_shards: int = 2) -> Compaction:
+    """Rewrite each table's shards on ``main`` as one shard, in one commit.
+
+    Rows keep their ``seq``; pending record refs are left alone. If the push loses a
+    race, compaction starts again from scratch on the new ``main``.
+    """
+    report = Compaction(commit=None)
+
+    def decide(view: LabView) -> MainChange | None:
+        counts = {t: len(view.main_shards[t]) for t in TABLES}
+        if max(counts.values()) < min_shards:
+            return None
+        add, remove = {}, []
+        for table in TABLES:
+            files = view.main_shards[table]
+            if len(files) < 2:
+                continue
+            data = _main_rows(view, table)
+            top = max(parse_shard_path(p).seq for p in files)  # type: ignore[union-attr]
+            add[new_shard_name(table, "compact", top).path] = encode(table, data)
+            remove.extend(files)
+            report.rows[table] = data.num_rows
+        report.shards_before = counts
+        return MainChange(message=f"compact {len(remove)} shards", fold_records=False,
+                          files=FileChange(add=add, remove=remove))
+
+    _, report.commit, _ = lab.commit_main(decide)
+    return report
+
+
+def _main_rows(view: LabView, table: str) -> Any:
+    import pyarrow as pa
+    from autolab.protocol.reader import read_shard
+
+    parts = [read_shard(view.store, table, blob, path, view.main)[0]
+             for path, blob in view.main_shards[table].items()]
+    return pa.concat_tables(parts).sort_by([("seq", "ascending"), ("event_id", "ascending")])

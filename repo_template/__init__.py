@@ -1,0 +1,1 @@
+"""Lab templates copied by ``autolab init`` (package data; each folder is one template)."""

@@ -1,0 +1,153 @@
+"""Shared fixtures: real Git remotes (a bare repo on a path, and a ``git daemon`` on
+127.0.0.1 started and stopped by the fixture), per-test cache dirs, lab factories.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from autolab.agents.lab_init import init_lab
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class GitDaemon:
+    """``git daemon --enable=receive-pack`` serving ``base`` on a free loopback port."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["git", "daemon", "--reuseaddr", "--export-all", "--enable=receive-pack",
+             f"--base-path={self.base}", "--listen=127.0.0.1", f"--port={self.port}",
+             "--max-connections=0", str(self.base)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("git daemon did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc = None
+
+    def url(self, name: str) -> str:
+        return f"git://127.0.0.1:{self.port}/{name}"
+
+
+@pytest.fixture(scope="session")
+def git_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitDaemon]:
+    daemon = GitDaemon(tmp_path_factory.mktemp("daemon"))
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+@dataclass
+class Remote:
+    """A lab remote under test: its URL and the bare repository behind it."""
+
+    kind: str
+    url: str
+    bare: Path
+
+    def git(self, *args: str) -> str:
+        return subprocess.run(["git", *args], cwd=self.bare, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    def main(self) -> str:
+        return self.git("rev-parse", "refs/heads/main")
+
+    def fsck(self) -> None:
+        proc = subprocess.run(["git", "fsck", "--no-progress"], cwd=self.bare,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, f"git fsck failed on {self.bare}: {proc.stdout}{proc.stderr}"
+        problems = [ln for ln in proc.stdout.splitlines() if not ln.startswith("dangling")]
+        assert not problems, problems
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("AUTOLAB_LAB", raising=False)
+    monkeypatch.delenv("AUTOLAB_AGENT", raising=False)
+
+
+def _make_remote(kind: str, tmp_path: Path, git_daemon: GitDaemon, template: str) -> Remote:
+    name = f"lab-{tmp_path.name}.git"
+    if kind == "path":
+        bare = tmp_path / name
+        url = str(bare)
+    else:
+        bare = git_daemon.base / name
+        url = git_daemon.url(name)
+    init_lab(bare, template, bare=True)
+    return Remote(kind, url, bare)
+
+
+@pytest.fixture(params=["path", "daemon"])
+def remote(request: pytest.FixtureRequest, tmp_path: Path, git_daemon: GitDaemon
+           ) -> Iterator[Remote]:
+    """A fresh ``blank`` lab on each kind of remote; fsck'd after the test."""
+    rem = _make_remote(request.param, tmp_path, git_daemon, "blank")
+    yield rem
+    rem.fsck()
+    if rem.kind == "daemon":
+        shutil.rmtree(rem.bare, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon_remote(tmp_path: Path, git_daemon: GitDaemon) -> Iterator[Remote]:
+    rem = _make_remote("daemon", tmp_path, git_daemon, "blank")
+    yield rem
+    rem.fsck()
+    shutil.rmtree(rem.bare, ignore_errors=True)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``autolab`` console entry point in a subprocess."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "autolab.agents.cli", *args], capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, cwd=cwd, timeout=300,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"autolab {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+    return proc
+
+
+def knob_patch_text(value: float) -> str:
+    """A patch setting X in the blank template's experiment.py."""
+    source = (REPO / "repo_template" / "blank" / "experiment.py").read_text()
+    from autolab.agents.knobs import set_knobs, unified_diff
+
+    return unified_diff("experiment.py", source, set_knobs(source, {"X": value}))
