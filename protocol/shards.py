@@ -83,7 +83,7 @@ def decode(table: str, payload: bytes, path: str, commit: str) -> pa.Table:
     """
     schema = SCHEMAS[table]
     try:
-        data = pq.read_table(io.BytesIO(payload))
+        data = pq.ParquetFile(io.BytesIO(payload)).read()
     except Exception as exc:  # pyarrow raises several types for corrupt input
         raise ShardError(path, commit, f"not readable as parquet ({exc})") from None
     got = {f.name: f.type for f in data.schema}

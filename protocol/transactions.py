@@ -137,7 +137,7 @@ def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
             lab.create_record(record_ref("claims", exp.id, attempt), {"queue": [row]},
                               f"claim {exp.id} attempt {attempt}")
         except Conflict:
-            lab.stats["conflicts"] += 1
+            lab.stats["lost_claims"] = lab.stats.get("lost_claims", 0) + 1
             lost.add(exp.id)
             continue
         if time.time() - view.snapshot.fetched_at > lab.ref_grace / 4 and not _still_ours(

@@ -40,24 +40,11 @@ def main(argv: list[str] | None = None) -> None:
 
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        # Standalone mode: click prints usage errors and exits 2, and typer.Exit(n) exits n.
+        app(args=argv)
     except AutoLabError as exc:
         from autolab.protocol.redact import redact
 
         kind = "" if exc.exit_code == 3 else "error: "
         print(f"autolab: {kind}{redact(str(exc))}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("autolab: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as exc:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise

@@ -1,0 +1,130 @@
+"""Multi-process races with real processes against real remotes (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from autolab.protocol import transactions as tx
+from autolab.protocol.lab import Lab
+
+from .helpers import propose_x, push_branch
+
+pytestmark = pytest.mark.slow
+
+
+def _checkout_main(remote, dest: Path) -> Path:
+    subprocess.run(["git", "clone", "-q", "--branch", "main", remote.url, str(dest)], check=True)
+    return dest
+
+
+def test_eight_processes_claim_forty_experiments_exactly_once(remote, tmp_path):
+    lab = Lab.open(remote.url, "planner")
+    ids = propose_x(lab, *[float(v) / 10 for v in range(1, 41)])
+    assert len(set(ids)) == 40
+    loop = (f'while "{sys.executable}" -m autolab.agents.cli claim --json --lab "$LAB" '
+            '--agent "$AGENT"; do :; done; echo "exit=${PIPESTATUS[0]}" >&2')
+    procs = [
+        subprocess.Popen(["bash", "-c", loop], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env={**os.environ, "LAB": remote.url, "AGENT": f"p{n}"})
+        for n in range(8)
+    ]
+    claimed: list[tuple[str, str]] = []
+    for n, proc in enumerate(procs):
+        out, err = proc.communicate(timeout=240)
+        assert "exit=3" in err, err  # each loop ends on "nothing to claim"
+        claimed += [(json.loads(line)["experiment_id"], f"p{n}") for line in out.splitlines()]
+    won = [eid for eid, _ in claimed]
+    assert sorted(won) == sorted(ids)  # all 40, each exactly once
+    lab.fold(force=True)
+    state = lab.read().state
+    assert not state.anomalies
+    assert {e.id: e.agent for e in state.experiments.values()} == dict(claimed)
+    assert all(e.state == "claimed" and e.attempt == 1 for e in state.experiments.values())
+
+
+def _submit_ten(url: str, cache: str, agent: str, items: list[tuple[str, float]],
+                barrier) -> list[str]:
+    os.environ["AUTOLAB_CACHE"] = cache
+    lab = Lab.open(url, agent)
+    lab.read()
+    barrier.wait()
+    outcomes = []
+    for eid, metric in items:
+        score = tx.make_score(eid, 1, status="ok", metric=metric, agent=agent)
+        outcomes.append(tx.submit(lab, score).outcome)
+    return outcomes
+
+
+def test_eight_processes_submit_eighty_scores_all_land_on_main(remote, tmp_path):
+    lab = Lab.open(remote.url, "setup", fold_threshold=10_000)
+    propose_x(lab, *[float(v) / 10 for v in range(1, 81)])
+    claims = [tx.claim(lab) for _ in range(80)]
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(8)
+    chunks = [[(c.experiment_id, float(i)) for i, c in enumerate(claims) if i % 8 == n]
+              for n in range(8)]
+    with ctx.Pool(8) as pool:
+        results = pool.starmap(_submit_ten, [
+            (remote.url, os.environ["AUTOLAB_CACHE"], f"s{n}", chunk, barrier)
+            for n, chunk in enumerate(chunks)
+        ])
+    assert [o for r in results for o in r] == ["recorded"] * 80
+    lab.fold(force=True)
+    main = _checkout_main(remote, tmp_path / "main")
+    con = duckdb.connect()
+    rows = con.execute(
+        f"SELECT experiment_id, metric FROM read_parquet('{main}/.autolab/scores/*.parquet')"
+    ).fetchall()
+    assert len(rows) == 80
+    expected = {c.experiment_id: float(i) for i, c in enumerate(claims)}
+    assert dict(rows) == expected
+    seqs = con.execute(
+        f"SELECT count(DISTINCT seq), min(seq) > 0 FROM "
+        f"read_parquet('{main}/.autolab/*/*.parquet', union_by_name=true)").fetchone()
+    total = con.execute(
+        f"SELECT count(*) FROM read_parquet('{main}/.autolab/*/*.parquet', union_by_name=true)"
+    ).fetchone()[0]
+    assert seqs == (total, True)  # one total order over every row on main
+
+
+def _promote(url: str, cache: str, experiment_id: str, barrier) -> bool:
+    os.environ["AUTOLAB_CACHE"] = cache
+    lab = Lab.open(url, f"promoter-{experiment_id}")
+    lab.read()
+    barrier.wait()
+    return tx.promote(lab, experiment_id).promoted
+
+
+@pytest.mark.parametrize("better_first", [True, False])
+def test_two_processes_promote_at_once_main_ends_with_the_better(remote, tmp_path, better_first):
+    lab = Lab.open(remote.url, "worker")
+    propose_x(lab, 2.0, 2.5)  # scores (X-3)^2: 1.0 and 0.25
+    claims = {c.experiment_id: c for c in (tx.claim(lab), tx.claim(lab))}
+    heads = {}
+    for eid, x in (("0001", 2.0), ("0002", 2.5)):
+        heads[eid] = push_branch(lab, eid, x)
+        score = tx.make_score(eid, claims[eid].attempt, status="ok", metric=(x - 3) ** 2,
+                              branch_commit=heads[eid])
+        tx.submit(lab, score)
+    order = ["0002", "0001"] if better_first else ["0001", "0002"]
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(2)
+    with ctx.Pool(2) as pool:
+        done = pool.starmap(_promote, [(remote.url, os.environ["AUTOLAB_CACHE"], eid, barrier)
+                                       for eid in order])
+    assert done[order.index("0002")] is True  # the better one always ends up promoted
+    state = lab.read().state
+    assert state.best["experiment_id"] == "0002" and state.best_metric == 0.25
+    assert sorted(s["metric"] for s in state.scores) == [0.25, 1.0]
+    assert remote.git("show", "main:experiment.py") == remote.git(
+        "show", f"{heads['0002']}:experiment.py")
+    metrics = [p["metric"] for p in state.promotions]
+    assert metrics == sorted(metrics, reverse=True)  # every promotion improved on the last
