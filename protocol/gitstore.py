@@ -8,16 +8,24 @@ value. Every push carries an explicit ``--force-with-lease`` expectation, so the
 receiving side compares and swaps under its ref lock: ``main`` only moves from the
 commit we read, and record refs are only created where absent.
 
-Only fetches touch refs of the cache; they are serialized by a ``filelock`` and
-*grouped*: an agent that asked for state at time ``t`` is served by any fetch that
-started after ``t``, so N agents on a host cost far fewer than N fetches.
+Agents on one host share the cache and *group* their round trips:
+
+* fetches are serialized by a ``filelock``, and an agent that asked for state at time
+  ``t`` is served by any fetch that started after ``t``;
+* record-ref creations are spooled, and whichever agent holds the push lock pushes
+  every spooled request in one ``git push`` (group commit). Each ref keeps its own
+  create-only lease, so the outcome per ref is exactly what a lone push would give.
+
+So N agents on a host cost far fewer than N fetches and N pushes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -25,10 +33,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pygit2
+from filelock import FileLock, Timeout
+
 from autolab.protocol.errors import Conflict, LabError, TransportError
 from autolab.protocol.redact import redact
 from autolab.protocol.store import MAIN, RECORD_PREFIX, FileChange, LabStore, Snapshot
-from filelock import FileLock
 
 _TRACK = "refs/remotes/origin/"
 _GIT_TIMEOUT = float(os.environ.get("AUTOLAB_GIT_TIMEOUT", "120"))
@@ -75,6 +84,8 @@ class GitStore(LabStore):
         self.path = (cache_dir or cache_root()) / f"{slug}-{digest}.git"
         self._lock = FileLock(str(self.path) + ".lock")
         self._stamp = Path(str(self.path) + ".fetched")
+        self._spool = Path(str(self.path) + ".spool")
+        self._push_lock = FileLock(str(self.path) + ".push.lock")
         self._repo: pygit2.Repository | None = None
 
     # -- cache clone ---------------------------------------------------------------
@@ -253,7 +264,63 @@ class GitStore(LabStore):
         self._push_one(MAIN, new, expected)
 
     def create_ref(self, ref: str, commit: str) -> None:
-        self._push_one(ref, commit, None)
+        flag, summary = self._group_push(ref, commit)
+        if flag == "!":
+            if any(word in summary for word in _LOST_RACE):
+                raise Conflict(ref, f"{ref}: {summary}")
+            raise TransportError(f"push of {ref} to {redact(self.url)} failed: {summary}")
+
+    # -- group commit of record refs -------------------------------------------------
+
+    def _group_push(self, ref: str, commit: str) -> tuple[str, str]:
+        """Create ``ref`` at ``commit`` through the host's push spool.
+
+        The request is a file in the spool; the agent holding the push lock pushes all
+        pending requests at once and writes each requester's result file. A leader that
+        dies mid-push leaves its requests in the spool for the next one; pushing them
+        again is harmless (each commit is unique to its writer, so "up to date" means
+        that writer won).
+        """
+        self._spool.mkdir(parents=True, exist_ok=True)
+        nonce = f"{time.time_ns():020d}-{secrets.token_hex(6)}"
+        request, result = self._spool / f"{nonce}.req", self._spool / f"{nonce}.res"
+        _write_atomic(request, json.dumps([ref, commit]))
+        deadline = time.monotonic() + 2 * _GIT_TIMEOUT
+        while time.monotonic() < deadline:
+            if result.exists():
+                answer = json.loads(result.read_text())
+                result.unlink(missing_ok=True)
+                return answer[0], answer[1]
+            try:
+                with self._push_lock.acquire(timeout=0.01):
+                    if not result.exists():
+                        self._lead_push()
+            except Timeout:
+                pass
+        request.unlink(missing_ok=True)
+        raise TransportError(f"push of {ref} to {redact(self.url)} timed out in the spool")
+
+    def _lead_push(self) -> None:
+        """Push every spooled request (push lock held); one request per ref per round."""
+        batch: dict[str, tuple[Path, str]] = {}
+        for request in sorted(self._spool.glob("*.req")):
+            try:
+                ref, commit = json.loads(request.read_text())
+            except (OSError, ValueError):
+                continue  # being written, or gone
+            batch.setdefault(ref, (request, commit))
+        if not batch:
+            return
+        specs = [f"--force-with-lease={ref}:" for ref in batch]
+        specs += [f"{commit}:{ref}" for ref, (_, commit) in batch.items()]
+        try:
+            status = self._push(*specs)
+        except TransportError as exc:
+            status = {ref: ("!", f"transport: {exc}") for ref in batch}
+        for ref, (request, _) in batch.items():
+            flag, summary = status.get(ref, ("!", "no status from git push"))
+            _write_atomic(request.with_suffix(".res"), json.dumps([flag, summary]))
+            request.unlink(missing_ok=True)
 
     def push_ref(self, ref: str, commit: str, expected: str | None) -> None:
         self._push_one(ref, commit, expected)
@@ -279,6 +346,12 @@ class GitStore(LabStore):
             )
         found = repo.references.get(local)
         return str(found.target) if found else None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _read_stamp(path: Path) -> float | None:

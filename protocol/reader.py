@@ -12,6 +12,7 @@ from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
+
 from autolab.protocol.config import CONFIG_FILE, LabConfig, parse_config
 from autolab.protocol.errors import ConfigError, LabError, ShardError
 from autolab.protocol.schemas import SCHEMAS, TABLES

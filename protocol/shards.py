@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from autolab.protocol.errors import ShardError
 from autolab.protocol.schemas import SCHEMA_VERSION, SCHEMAS, TABLES
 

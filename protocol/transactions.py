@@ -108,21 +108,29 @@ class Claim:
 
 
 def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
-          lease_seconds: float | None = None, experiment_id: str | None = None) -> Claim:
+          lease_seconds: float | None = None, experiment_id: str | None = None,
+          max_age: float = 2.0) -> Claim:
     """Claim one queued experiment: weighted random among the claimable ones.
+
+    The claim is a create-only record ref, so the decision may be taken on this
+    agent's view of up to ``max_age`` seconds ago: a stale pick only loses the create
+    and is re-decided on a fresh fetch. Random weighted picks keep such losses rare.
 
     Raises:
         NothingToDo: nothing is claimable (exit code 3 in the CLI).
     """
     lost: set[str] = set()
     since = None
-    for _ in lab.backoff.delays():
-        view = lab.read(since=since)
+    started = time.time()
+    for n in lab.backoff.delays():
+        view = lab.read(since=since, max_age=max_age if n == 0 else 0.0)
         since = time.time()
         queued = [e for e in view.state.by_state("queued") if e.id not in lost]
         if experiment_id is not None:
             queued = [e for e in queued if e.id == experiment_id]
         if not queued:
+            if view.snapshot.fetched_at < started:
+                continue  # "nothing" only counts on a fresh fetch
             if lost and experiment_id is None:
                 lost.clear()  # the ones we lost may have been released meanwhile
                 continue
@@ -145,6 +153,9 @@ def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
         ):
             lost.add(exp.id)
             continue
+        # Keep this agent's cached view truthful about what it just won.
+        exp.state, exp.attempt, exp.agent, exp.lease_until = "claimed", attempt, lab.agent, \
+            lease_until
         lab.fold(view)
         return Claim(exp.id, attempt, lease_until, exp.patch, exp.patch_hash, exp.hypothesis,
                      exp.parent_commit, view.main)
@@ -429,6 +440,7 @@ def compact(lab: Lab, *, min_shards: int = 2) -> Compaction:
 
 def _main_rows(view: LabView, table: str) -> Any:
     import pyarrow as pa
+
     from autolab.protocol.reader import read_shard
 
     parts = [read_shard(view.store, table, blob, path, view.main)[0]

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from autolab.agents.cli.common import JsonOpt, LabOpt, print_json, resolve_lab
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from autolab.agents.cli.common import AgentOpt, JsonOpt, LabOpt, open_lab, print_json
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+
 from autolab.agents.cli.common import JsonOpt, LabOpt, fmt, open_lab, print_json
 
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 ALPHABET = b" abcdefghiklmnoprstuwy.,"  # 24 printable symbols
 ORDER = 2                               # next byte depends on the previous 2
+POOL_SIZE = 8                           # plausible successors of each symbol
 SUPPORT_SIZES = (2, 3, 4)               # possible next symbols per context
 QUANTUM = 256                           # probabilities are multiples of 1/256
 SOURCE_SEED = 20240607
@@ -72,6 +73,15 @@ def _randbelow(rng: random.Random, n: int) -> int:
     return int(rng.random() * n)
 
 
+def _shuffled_prefix(rng: random.Random, items, k: int) -> list[int]:
+    """k distinct items in random order (a partial Fisher-Yates shuffle)."""
+    items = list(items)
+    for i in range(k):
+        j = i + _randbelow(rng, len(items) - i)
+        items[i], items[j] = items[j], items[i]
+    return items[:k]
+
+
 @lru_cache(maxsize=None)
 def source_table() -> tuple[tuple[tuple[int, int], ...], ...]:
     """The transition table of the source.
@@ -80,16 +90,21 @@ def source_table() -> tuple[tuple[tuple[int, int], ...], ...]:
     base-NUM_SYMBOLS number, oldest symbol most significant), a tuple of
     (next_symbol, count) pairs with counts summing to QUANTUM, so that
     p(next_symbol | c) = count / QUANTUM exactly.
+
+    Each symbol b has a pool of POOL_SIZE plausible successors; the context
+    (a, b) allows a random subset of 2-4 of them, with random probabilities.
+    The previous byte alone therefore narrows the next one down to a few
+    candidates (a bigram model gets part of the way), and the byte before it
+    decides among them (only a model that looks two bytes back reaches the
+    floor).
     """
     rng = random.Random(SOURCE_SEED)
+    pools = [_shuffled_prefix(rng, range(NUM_SYMBOLS), POOL_SIZE) for _ in range(NUM_SYMBOLS)]
     table = []
-    for _ in range(NUM_CONTEXTS):
+    for c in range(NUM_CONTEXTS):
         m = SUPPORT_SIZES[_randbelow(rng, len(SUPPORT_SIZES))]
-        # m distinct next symbols: partial Fisher-Yates shuffle
-        symbols = list(range(NUM_SYMBOLS))
-        for i in range(m):
-            j = i + _randbelow(rng, NUM_SYMBOLS - i)
-            symbols[i], symbols[j] = symbols[j], symbols[i]
+        # m distinct next symbols, drawn from the pool of the previous symbol
+        symbols = _shuffled_prefix(rng, pools[c % NUM_SYMBOLS], m)
         # m positive counts summing to QUANTUM: m-1 distinct cut points,
         # i.e. a uniformly random composition (a discrete flat Dirichlet)
         cuts: set[int] = set()
