@@ -237,8 +237,10 @@ class Lab:
             return None  # already acted on this snapshot (cached views are reused)
         self._folded = view.snapshot
         commit = None
-        # Past the threshold every agent would try at once; a random quarter does.
-        due = len(view.pending) >= self.fold_threshold and random.random() < 0.25
+        # Past the threshold every agent would try at once: one agent per host per
+        # second does, and only a random quarter of hosts' agents that get there.
+        due = (len(view.pending) >= self.fold_threshold and random.random() < 0.25
+               and self.store.try_exclusive(1.0))
         if view.pending and (force or due):
             change = MainChange(message=f"fold {len(view.pending)} record(s)")
             candidate = self.build_main_commit(view, change)

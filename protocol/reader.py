@@ -23,6 +23,9 @@ from autolab.protocol.store import RECORD_PREFIX, LabStore, Snapshot
 _CACHE_SIZE = 8192
 _decoded: OrderedDict[str, tuple[pa.Table, list[dict[str, Any]]]] = OrderedDict()
 _configs: dict[str, LabConfig] = {}
+# The fold of main's rows, by main commit: agents re-read the same main many times
+# and only the record refs beside it change.
+_main_states: dict[str, LabState] = {}
 
 
 def read_shard(store: LabStore, table: str, blob: str, path: str, commit: str
@@ -121,6 +124,27 @@ def list_main_shards(store: LabStore, commit: str) -> dict[str, dict[str, str]]:
     return out
 
 
+_records: dict[str, tuple[float, tuple[tuple[ShardName, str], ...]]] = {}
+
+
+def _record_files(store: LabStore, ref: str, commit: str
+                  ) -> tuple[float, tuple[tuple[ShardName, str], ...]]:
+    """(commit time, shards) of a record commit; cached, since commits are immutable."""
+    hit = _records.get(commit)
+    if hit is not None:
+        return hit
+    shards: list[tuple[ShardName, str]] = []
+    for path, blob in store.list_files(commit).items():
+        name = parse_shard_path(path)
+        if name is None:
+            raise ShardError(path, commit, f"not a shard name in record {ref}")
+        shards.append((name, blob))
+    if len(_records) > _CACHE_SIZE:
+        _records.clear()
+    _records[commit] = (store.commit_time(commit), tuple(sorted(shards, key=str)))
+    return _records[commit]
+
+
 _KIND_RANK = {"claims": 0, "results": 1}
 
 
@@ -159,14 +183,8 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
     record_tables: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
     listed = []
     for ref, commit in snapshot.records.items():
-        shards: list[tuple[ShardName, str]] = []
-        for path, blob in store.list_files(commit).items():
-            name = parse_shard_path(path)
-            if name is None:
-                raise ShardError(path, commit, f"not a shard name in record {ref}")
-            shards.append((name, blob))
-        listed.append((_causal_key(ref), store.commit_time(commit), ref, commit,
-                       tuple(sorted(shards, key=str))))
+        when, shards = _record_files(store, ref, commit)
+        listed.append((_causal_key(ref), when, ref, commit, shards))
     listed.sort()
     for index, (_, when, ref, commit, shards) in enumerate(listed):
         ids: set[str] = set()
@@ -181,5 +199,13 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
             if fresh:
                 record_tables[name.table].append(data)
         records.append(Record(ref, commit, when, shards, frozenset(ids), on_main=not fresh))
-    state = fold(main, max_seq, rows["queue"], rows["scores"], rows["ideas"])
+    base = _main_states.get(main)
+    if base is None:
+        main_rows = {t: [r for r in rows[t] if r["_order"][0] == 0] for t in TABLES}
+        base = fold(main, max_seq, main_rows["queue"], main_rows["scores"], main_rows["ideas"])
+        _main_states[main] = base
+        while len(_main_states) > 4:
+            _main_states.pop(next(iter(_main_states)))
+    extra = {t: [r for r in rows[t] if r["_order"][0] == 1] for t in TABLES}
+    state = fold(main, max_seq, extra["queue"], extra["scores"], extra["ideas"], base=base)
     return LabView(store, snapshot, main_shards, records, state, rows, record_tables)

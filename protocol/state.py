@@ -12,7 +12,7 @@ and marked (a later score is ``late``; a second claim is ignored).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -81,6 +81,23 @@ class LabState:
     promotions: list[dict[str, Any]] = field(default_factory=list)
     ideas: list[dict[str, Any]] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
+    _shared: set[str] = field(default_factory=set, repr=False)
+
+    def fork(self, main: str) -> LabState:
+        """A copy-on-write copy: experiments are copied only when :meth:`own` is called."""
+        return LabState(main=main, max_seq=self.max_seq, experiments=dict(self.experiments),
+                        scores=list(self.scores), promotions=list(self.promotions),
+                        ideas=list(self.ideas), anomalies=list(self.anomalies),
+                        _shared=set(self.experiments))
+
+    def own(self, experiment_id: str) -> Experiment:
+        """The experiment, copied first if it is shared with the state this was forked from."""
+        exp = self.experiments[experiment_id]
+        if experiment_id in self._shared:
+            self._shared.discard(experiment_id)
+            exp = replace(exp, outcomes=dict(exp.outcomes))
+            self.experiments[experiment_id] = exp
+        return exp
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -106,74 +123,82 @@ class LabState:
 
 
 def fold(main: str, max_seq: int, queue: list[dict], scores: list[dict],
-         ideas: list[dict]) -> LabState:
+         ideas: list[dict], base: LabState | None = None) -> LabState:
     """Fold ordered rows into a :class:`LabState`.
 
     Each row carries an ``_order`` key (main rows: ``(0, seq, event_id)``; record rows:
-    ``(1, record_index, row_index)``); rows are processed in that order.
+    ``(1, record_index, row_index)``); rows are processed in that order. With ``base``,
+    folding continues from that state (left untouched: it is forked copy-on-write),
+    so the fold of ``main`` can be cached and only record rows applied on top.
     """
-    state = LabState(main=main, max_seq=max_seq)
+    state = base.fork(main) if base is not None else LabState(main=main, max_seq=max_seq)
+    state.max_seq = max_seq
     stream = [(r["_order"], 0, r) for r in queue] + [(r["_order"], 1, r) for r in scores]
     stream.sort(key=lambda item: (item[0], item[1]))
-    exps = state.experiments
     for _, kind, row in stream:
         if kind == 1:
             _fold_score(state, row)
-            continue
-        event, eid = row["event"], row["experiment_id"]
-        if event == "proposed":
-            if eid in exps:
-                state.anomalies.append(f"experiment {eid} proposed twice (seq {row['seq']})")
-                continue
-            exps[eid] = Experiment(
-                id=eid, patch=row["patch"] or "", patch_hash=row["patch_hash"] or "",
-                hypothesis=row["hypothesis"] or "", priority=_num(row["priority"], 1.0),
-                parent_commit=row["parent_commit"], proposed_by=row["agent"],
-                proposed_at=row["at"],
-            )
-            continue
-        exp = exps.get(eid)
-        if exp is None:
-            state.anomalies.append(f"{event} for unknown experiment {eid} (seq {row['seq']})")
-            continue
-        attempt = row["attempt"]
-        if event == "claimed":
-            if exp.state == "queued" and attempt == exp.attempt + 1:
-                exp.state, exp.attempt, exp.agent = "claimed", attempt, row["agent"]
-                exp.lease_until, exp.claimed_at = row["lease_until"], row["at"]
-                exp.backend, exp.job_id, exp.reason = row["backend"], row["job_id"], None
-            else:
-                state.anomalies.append(
-                    f"claim of {eid} attempt {attempt} by {row['agent']} ignored "
-                    f"(experiment {exp.state} at attempt {exp.attempt})"
-                )
-        elif event in ("released", "expired", "failed"):
-            if attempt is not None and attempt in exp.outcomes:
-                continue  # the attempt already ended; first outcome wins
-            if attempt is not None:
-                exp.outcomes[attempt] = event
-            if exp.terminal or (attempt is not None and attempt != exp.attempt):
-                continue
-            exp.reason = row["reason"]
-            exp.state = "failed" if event == "failed" else "queued"
-            exp.agent = exp.lease_until = None
-        elif event == "cancelled":
-            if not exp.terminal:
-                exp.state, exp.reason = "cancelled", row["reason"]
-        elif event == "promoted":
-            exp.promoted = True
-            state.promotions.append(
-                {"experiment_id": eid, "attempt": attempt, "metric": row["metric"],
-                 "source_commit": row["source_commit"], "agent": row["agent"],
-                 "at": row["at"], "seq": row["seq"]}
-            )
-    state.ideas = sorted(ideas, key=lambda r: r["_order"])
+        else:
+            _fold_event(state, row)
+    state.ideas = state.ideas + sorted(ideas, key=lambda r: r["_order"])
     return state
+
+
+def _fold_event(state: LabState, row: dict) -> None:
+    event, eid = row["event"], row["experiment_id"]
+    exps = state.experiments
+    if event == "proposed":
+        if eid in exps:
+            state.anomalies.append(f"experiment {eid} proposed twice (seq {row['seq']})")
+            return
+        exps[eid] = Experiment(
+            id=eid, patch=row["patch"] or "", patch_hash=row["patch_hash"] or "",
+            hypothesis=row["hypothesis"] or "", priority=_num(row["priority"], 1.0),
+            parent_commit=row["parent_commit"], proposed_by=row["agent"],
+            proposed_at=row["at"],
+        )
+        return
+    if eid not in exps:
+        state.anomalies.append(f"{event} for unknown experiment {eid} (seq {row['seq']})")
+        return
+    exp = state.own(eid)
+    attempt = row["attempt"]
+    if event == "claimed":
+        if exp.state == "queued" and attempt == exp.attempt + 1:
+            exp.state, exp.attempt, exp.agent = "claimed", attempt, row["agent"]
+            exp.lease_until, exp.claimed_at = row["lease_until"], row["at"]
+            exp.backend, exp.job_id, exp.reason = row["backend"], row["job_id"], None
+        else:
+            state.anomalies.append(
+                f"claim of {eid} attempt {attempt} by {row['agent']} ignored "
+                f"(experiment {exp.state} at attempt {exp.attempt})"
+            )
+    elif event in ("released", "expired", "failed"):
+        if attempt is not None and attempt in exp.outcomes:
+            return  # the attempt already ended; first outcome wins
+        if attempt is not None:
+            exp.outcomes[attempt] = event
+        if exp.terminal or (attempt is not None and attempt != exp.attempt):
+            return
+        exp.reason = row["reason"]
+        exp.state = "failed" if event == "failed" else "queued"
+        exp.agent = exp.lease_until = None
+    elif event == "cancelled":
+        if not exp.terminal:
+            exp.state, exp.reason = "cancelled", row["reason"]
+    elif event == "promoted":
+        exp.promoted = True
+        state.promotions.append(
+            {"experiment_id": eid, "attempt": attempt, "metric": row["metric"],
+             "source_commit": row["source_commit"], "agent": row["agent"],
+             "at": row["at"], "seq": row["seq"]}
+        )
 
 
 def _fold_score(state: LabState, row: dict) -> None:
     row = dict(row)
-    exp = state.experiments.get(row["experiment_id"])
+    eid = row["experiment_id"]
+    exp = state.experiments.get(eid)
     attempt = row["attempt"]
     current = (
         exp is not None
@@ -184,8 +209,9 @@ def _fold_score(state: LabState, row: dict) -> None:
     )
     row["late"] = not current
     if exp is None:
-        state.anomalies.append(f"score for unknown experiment {row['experiment_id']}")
+        state.anomalies.append(f"score for unknown experiment {eid}")
     elif current:
+        exp = state.own(eid)
         exp.outcomes[attempt] = "score"
         exp.state, exp.result, exp.reason = "done", row, row["reason"]
         exp.lease_until = None

@@ -109,6 +109,10 @@ class LabStore(ABC):
     def fetch_ref(self, ref: str) -> str | None:
         """Fetch one ref (e.g. an experiment branch); its commit id or None if absent."""
 
+    def try_exclusive(self, seconds: float) -> bool:
+        """Host-local rate limit for optional chores (folding); default: always yes."""
+        return True
+
     @abstractmethod
     def push_ref(self, ref: str, commit: str, expected: str | None) -> None:
         """Move ``ref`` to ``commit`` if it holds ``expected`` (None: must not exist)."""

@@ -154,8 +154,9 @@ def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
             lost.add(exp.id)
             continue
         # Keep this agent's cached view truthful about what it just won.
-        exp.state, exp.attempt, exp.agent, exp.lease_until = "claimed", attempt, lab.agent, \
-            lease_until
+        mine = view.state.own(exp.id)
+        mine.state, mine.attempt, mine.agent, mine.lease_until = (
+            "claimed", attempt, lab.agent, lease_until)
         lab.fold(view)
         return Claim(exp.id, attempt, lease_until, exp.patch, exp.patch_hash, exp.hypothesis,
                      exp.parent_commit, view.main)

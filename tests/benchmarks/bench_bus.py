@@ -47,8 +47,14 @@ def claim_agent(url: str, cache: str, agent: str, seconds: float, barrier, out) 
     from autolab.protocol.lab import Lab
 
     lab = Lab.open(url, agent)
+    phases = {"refresh": 0.0, "push": 0.0, "fold": 0.0}
+    _time_phase(lab.store, "refresh", phases, "refresh")
+    _time_phase(lab.store, "create_ref", phases, "push")
+    _time_phase(lab, "fold", phases, "fold")
     lab.read()
     barrier.wait()
+    for key in phases:
+        phases[key] = 0.0
     end = time.time() + seconds
     lat, ids, retries = [], [], []
     while time.time() < end:
@@ -61,7 +67,21 @@ def claim_agent(url: str, cache: str, agent: str, seconds: float, barrier, out) 
         lat.append(time.perf_counter() - start)
         ids.append(won.experiment_id)
         retries.append(lab.stats.get("lost_claims", 0) - lost)
-    out.put((agent, lat, ids, retries, time.time()))
+    out.put((agent, lat, ids, retries, time.time(), phases))
+
+
+def _time_phase(obj, name: str, phases: dict, key: str) -> None:
+    """Wrap ``obj.name`` to add its wall time to ``phases[key]`` (where time goes)."""
+    inner = getattr(obj, name)
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            phases[key] += time.perf_counter() - start
+
+    setattr(obj, name, timed)
 
 
 def raw_agent(url: str, workdir: str, agent: str, seconds: float, barrier, out) -> None:
@@ -88,7 +108,7 @@ def raw_agent(url: str, workdir: str, agent: str, seconds: float, barrier, out) 
                 retries.append(tries)
                 break
             tries += 1
-    out.put((agent, lat, [], retries, time.time()))
+    out.put((agent, lat, [], retries, time.time(), {}))
 
 
 def run(kind: str, mode: str, url: str, agents: int, seconds: float, tmp: Path) -> dict:
@@ -113,7 +133,11 @@ def run(kind: str, mode: str, url: str, agents: int, seconds: float, tmp: Path) 
     lat = [x for r in results for x in r[1]]
     retries = [x for r in results for x in r[3]]
     ids = [x for r in results for x in r[2]]
-    return {"remote": kind, "mode": mode, "agents": agents, "ops": len(lat),
+    phases: dict[str, float] = {}
+    for r in results:
+        for key, value in r[5].items():
+            phases[key] = phases.get(key, 0.0) + value / max(1, len(lat))
+    return {"phases": phases, "remote": kind, "mode": mode, "agents": agents, "ops": len(lat),
             "rate": len(lat) / elapsed, "p50": _percentile(lat, 0.5),
             "p95": _percentile(lat, 0.95), "p99": _percentile(lat, 0.99),
             "retries": sum(retries) / max(1, len(lat)), "ids": ids}
@@ -183,7 +207,8 @@ def main() -> None:
 def _line(r: dict) -> str:
     return (f"{r['remote']:6} {r['mode']:5} N={r['agents']:<3} {r['ops']:5} ops "
             f"{r['rate']:6.1f}/s p50 {r['p50']:.3f}s p95 {r['p95']:.3f}s p99 {r['p99']:.3f}s "
-            f"retries/op {r['retries']:.2f} {r.get('once', '')}")
+            f"retries/op {r['retries']:.2f} {r.get('once', '')} "
+            + " ".join(f"{k} {v:.3f}s" for k, v in r["phases"].items()))
 
 
 def _table(rows: list[dict]) -> str:
