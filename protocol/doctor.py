@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from autolab.protocol.config import CONFIG_FILE, parse_config
 from autolab.protocol.errors import AutoLabError, ShardError
-from autolab.protocol.reader import list_main_shards, read_shard, read_view
+from autolab.protocol.reader import list_main_shards, read_rows, read_view
 from autolab.protocol.shards import STATE_DIR, parse_shard_path
 from autolab.protocol.store import LabStore, Snapshot
 
@@ -65,11 +65,11 @@ def check(store: LabStore, snapshot: Snapshot) -> Report:
         for path, blob in store.list_dir(main, f"{STATE_DIR}/{table}").items():
             report.shards += 1
             name = parse_shard_path(path)
-            if name is None:
+            if name is None or name.record:
                 err(path, "not a shard name (<seq>-<agent>-<nonce>.parquet)")
                 continue
             try:
-                data, rows = read_shard(store, table, blob, path, main)
+                rows = read_rows(store, table, blob, path, main)
             except ShardError as exc:
                 err(path, exc.reason)
                 continue
@@ -98,7 +98,7 @@ def check(store: LabStore, snapshot: Snapshot) -> Report:
                 err(ref, f"record holds a non-shard file {path}", commit)
                 continue
             try:
-                read_shard(store, name.table, blob, path, commit)
+                read_rows(store, name.table, blob, path, commit)
             except ShardError as exc:
                 err(f"{ref}:{path}", exc.reason, commit)
 

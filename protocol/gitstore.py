@@ -304,15 +304,25 @@ class GitStore(LabStore):
         nonce = f"{time.time_ns():020d}-{secrets.token_hex(6)}"
         request, result = self._spool / f"{nonce}.req", self._spool / f"{nonce}.res"
         _write_atomic(request, json.dumps([ref, commit]))
-        # A blocking flock: waiters sleep in the kernel instead of polling, and whoever
-        # gets the lock next either finds its answer or pushes the whole spool.
+        # Whoever gets the lock pushes the whole spool. Waiters poll for their answer
+        # rather than queueing on the lock: a blocking lock would hand it to every
+        # served waiter in turn, a convoy that costs more than the push itself.
+        deadline = time.monotonic() + 2 * _GIT_TIMEOUT
         with open(str(self.path) + ".push.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                if not result.exists():
-                    self._lead_push()
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            while not result.exists():
+                if time.monotonic() > deadline:
+                    request.unlink(missing_ok=True)
+                    raise TransportError(f"push of {ref} to {redact(self.url)} timed out")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    time.sleep(0.003)
+                    continue
+                try:
+                    if not result.exists():
+                        self._lead_push()
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
         answer = json.loads(result.read_text())
         result.unlink(missing_ok=True)
         return answer[0], answer[1]
@@ -331,7 +341,11 @@ class GitStore(LabStore):
         specs = [f"--force-with-lease={ref}:" for ref in batch]
         specs += [f"{commit}:{ref}" for ref, (_, commit) in batch.items()]
         try:
+            began = time.time()
             status = self._push(*specs)
+            if os.environ.get("AUTOLAB_TRACE_PUSH"):
+                print(f"lead push {len(batch)} refs {time.time() - began:.3f}s "
+                      f"at {began % 1000:.2f}", flush=True)
         except TransportError as exc:
             status = {ref: ("!", f"transport: {exc}") for ref in batch}
         for ref, (request, _) in batch.items():

@@ -35,7 +35,7 @@ import pyarrow as pa
 from autolab.protocol.errors import Conflict, TransportError
 from autolab.protocol.reader import LabView, read_view
 from autolab.protocol.schemas import TABLES
-from autolab.protocol.shards import encode, new_shard_name, with_seq
+from autolab.protocol.shards import encode, encode_record, new_shard_name, with_seq
 from autolab.protocol.store import RECORD_PREFIX, FileChange, LabStore
 
 
@@ -200,9 +200,9 @@ class Lab:
                                       merge_parent=change.merge_parent, agent=self.agent)
 
     def _record_rows(self, view: LabView, name: Any, blob: str, commit: str) -> Any:
-        from autolab.protocol.reader import read_shard
+        from autolab.protocol.reader import read_table
 
-        return read_shard(self.store, name.table, blob, name.path, commit)[0]
+        return read_table(self.store, name.table, blob, name.path, commit)
 
     def _stamp_row(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"event_id": new_event_id(), "agent": self.agent, **row, "seq": None}
@@ -213,7 +213,7 @@ class Lab:
                       message: str) -> str:
         """Create the record ref ``ref`` holding ``rows``; raise Conflict if it exists."""
         add = {
-            new_shard_name(table, self.agent).path: encode(
+            new_shard_name(table, self.agent, record=True).path: encode_record(
                 table, [self._stamp_row(r) for r in table_rows]
             )
             for table, table_rows in rows.items() if table_rows

@@ -16,31 +16,60 @@ import pyarrow as pa
 from autolab.protocol.config import CONFIG_FILE, LabConfig, parse_config
 from autolab.protocol.errors import ConfigError, LabError, ShardError
 from autolab.protocol.schemas import SCHEMAS, TABLES
-from autolab.protocol.shards import STATE_DIR, ShardName, decode, parse_shard_path
+from autolab.protocol.shards import (
+    STATE_DIR,
+    ShardName,
+    decode,
+    decode_record,
+    parse_shard_path,
+)
 from autolab.protocol.state import LabState, fold
 from autolab.protocol.store import RECORD_PREFIX, LabStore, Snapshot
 
 _CACHE_SIZE = 8192
-_decoded: OrderedDict[str, tuple[pa.Table, list[dict[str, Any]]]] = OrderedDict()
+_decoded: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+_tables: OrderedDict[str, pa.Table] = OrderedDict()
 _configs: dict[str, LabConfig] = {}
 # The fold of main's rows, by main commit: agents re-read the same main many times
 # and only the record refs beside it change.
 _main_states: dict[str, LabState] = {}
 
 
-def read_shard(store: LabStore, table: str, blob: str, path: str, commit: str
-               ) -> tuple[pa.Table, list[dict[str, Any]]]:
-    """Decode one shard (cached by blob id); raises ShardError naming path and commit."""
+def _remember(cache: OrderedDict, key: str, value: Any) -> Any:
+    cache[key] = value
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def read_rows(store: LabStore, table: str, blob: str, path: str, commit: str
+              ) -> list[dict[str, Any]]:
+    """Rows of one shard, parquet or JSON record (cached by blob id; do not mutate).
+
+    Raises:
+        ShardError: naming ``path`` and ``commit``.
+    """
     hit = _decoded.get(blob)
     if hit is not None:
         _decoded.move_to_end(blob)
         return hit
-    data = decode(table, store.read_blob(blob), path, commit)
-    entry = (data, data.to_pylist())
-    _decoded[blob] = entry
-    if len(_decoded) > _CACHE_SIZE:
-        _decoded.popitem(last=False)
-    return entry
+    payload = store.read_blob(blob)
+    if path.endswith(".json"):
+        return _remember(_decoded, blob, decode_record(table, payload, path, commit))
+    data = _remember(_tables, blob, decode(table, payload, path, commit))
+    return _remember(_decoded, blob, data.to_pylist())
+
+
+def read_table(store: LabStore, table: str, blob: str, path: str, commit: str) -> pa.Table:
+    """One shard as an arrow table (cached by blob id)."""
+    hit = _tables.get(blob)
+    if hit is not None:
+        return hit
+    rows = read_rows(store, table, blob, path, commit)
+    if blob in _tables:
+        return _tables[blob]
+    clean = [{k: v for k, v in r.items() if k != "_order"} for r in rows]
+    return _remember(_tables, blob, pa.Table.from_pylist(clean, schema=SCHEMAS[table]))
 
 
 @dataclass(frozen=True)
@@ -69,7 +98,6 @@ class LabView:
     records: list[Record]
     state: LabState
     _rows: dict[str, list[dict[str, Any]]] = field(repr=False, default_factory=dict)
-    _record_tables: dict[str, list[pa.Table]] = field(repr=False, default_factory=dict)
 
     @property
     def main(self) -> str:
@@ -87,10 +115,12 @@ class LabView:
     def table(self, name: str) -> pa.Table:
         """The whole table as arrow: ``main`` rows by ``seq``, then pending record rows."""
         parts = [
-            read_shard(self.store, name, blob, path, self.main)[0]
+            read_table(self.store, name, blob, path, self.main)
             for path, blob in sorted(self.main_shards[name].items())
         ]
-        parts += self._record_tables.get(name, [])
+        parts += [read_table(self.store, name, blob, shard.path, record.commit)
+                  for record in self.pending for shard, blob in record.shards
+                  if shard.table == name]
         if not parts:
             return SCHEMAS[name].empty_table()
         merged = pa.concat_tables(parts)
@@ -118,7 +148,7 @@ def list_main_shards(store: LabStore, commit: str) -> dict[str, dict[str, str]]:
         files = store.list_dir(commit, f"{STATE_DIR}/{table}")
         for path in files:
             name = parse_shard_path(path)
-            if name is None or name.table != table:
+            if name is None or name.table != table or name.record:
                 raise ShardError(path, commit, "not a shard name (<seq>-<agent>-<nonce>.parquet)")
         out[table] = files
     return out
@@ -171,8 +201,7 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
     for table, files in main_shards.items():
         for path, blob in files.items():
             max_seq = max(max_seq, parse_shard_path(path).seq)  # type: ignore[union-attr]
-            data, pylist = read_shard(store, table, blob, path, main)
-            rows[table].extend(pylist)
+            rows[table].extend(read_rows(store, table, blob, path, main))
     for table in TABLES:
         for row in rows[table]:
             on_main.add(row["event_id"])
@@ -180,7 +209,6 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
                 row["_order"] = (0, row["seq"] if row["seq"] is not None else -1, row["event_id"])
 
     records: list[Record] = []
-    record_tables: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
     listed = []
     for ref, commit in snapshot.records.items():
         when, shards = _record_files(store, ref, commit)
@@ -190,14 +218,11 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
         ids: set[str] = set()
         fresh = False
         for name, blob in shards:
-            data, pylist = read_shard(store, name.table, blob, name.path, commit)
-            for i, row in enumerate(pylist):
+            for i, row in enumerate(read_rows(store, name.table, blob, name.path, commit)):
                 ids.add(row["event_id"])
                 if row["event_id"] not in on_main:
                     fresh = True
                     rows[name.table].append({**row, "_order": (1, index, i)})
-            if fresh:
-                record_tables[name.table].append(data)
         records.append(Record(ref, commit, when, shards, frozenset(ids), on_main=not fresh))
     base = _main_states.get(main)
     if base is None:
@@ -208,4 +233,4 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
             _main_states.pop(next(iter(_main_states)))
     extra = {t: [r for r in rows[t] if r["_order"][0] == 1] for t in TABLES}
     state = fold(main, max_seq, extra["queue"], extra["scores"], extra["ideas"], base=base)
-    return LabView(store, snapshot, main_shards, records, state, rows, record_tables)
+    return LabView(store, snapshot, main_shards, records, state, rows)

@@ -1,17 +1,23 @@
 """Encoding and decoding of immutable parquet shards.
 
 A shard's name is ``<seq>-<agent>-<nonce>.parquet``: ``seq`` is the largest sequence
-number of its rows (zero while the shard only lives in a record ref), and ``nonce`` is
-random and identifies the shard across renames (folding a record onto ``main`` rewrites
-the shard with its sequence numbers and a new ``seq`` in the name, keeping the nonce).
+number of its rows and ``nonce`` makes the name unique.
+
+Record refs (rows waiting beside ``main``) hold their rows as ``.json`` files of the
+same name pattern with ``seq`` zero: a record has one or two rows, which every agent
+reads, and JSON decodes about 250 times faster than a one-row parquet file (4 us vs
+1.1 ms) and is 25 times smaller. Records are validated against the table's pyarrow
+schema when written and again when read, and become parquet when folded onto ``main``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -21,7 +27,9 @@ from autolab.protocol.errors import ShardError
 from autolab.protocol.schemas import SCHEMA_VERSION, SCHEMAS, TABLES
 
 STATE_DIR = ".autolab"
-_NAME = re.compile(r"^(?P<seq>\d{12})-(?P<agent>[A-Za-z0-9_.]+)-(?P<nonce>[0-9a-f]{16})\.parquet$")
+_NAME = re.compile(
+    r"^(?P<seq>\d{12})-(?P<agent>[A-Za-z0-9_.]+)-(?P<nonce>[0-9a-f]{16})\.(?P<ext>parquet|json)$"
+)
 _AGENT_CHARS = re.compile(r"[^A-Za-z0-9_.]+")
 
 
@@ -33,19 +41,21 @@ class ShardName:
     seq: int
     agent: str
     nonce: str
+    ext: str = "parquet"  # "json" in record refs
 
     @property
     def path(self) -> str:
-        return f"{STATE_DIR}/{self.table}/{self.seq:012d}-{self.agent}-{self.nonce}.parquet"
+        return f"{STATE_DIR}/{self.table}/{self.seq:012d}-{self.agent}-{self.nonce}.{self.ext}"
 
-    def with_seq(self, seq: int) -> ShardName:
-        return ShardName(self.table, seq, self.agent, self.nonce)
+    @property
+    def record(self) -> bool:
+        return self.ext == "json"
 
 
-def new_shard_name(table: str, agent: str, seq: int = 0) -> ShardName:
+def new_shard_name(table: str, agent: str, seq: int = 0, *, record: bool = False) -> ShardName:
     """A fresh, unique shard name for ``agent`` (agent id sanitized for file names)."""
     slug = _AGENT_CHARS.sub("_", agent)[:40] or "agent"
-    return ShardName(table, seq, slug, secrets.token_hex(8))
+    return ShardName(table, seq, slug, secrets.token_hex(8), "json" if record else "parquet")
 
 
 def parse_shard_path(path: str) -> ShardName | None:
@@ -56,7 +66,7 @@ def parse_shard_path(path: str) -> ShardName | None:
     match = _NAME.match(parts[2])
     if not match:
         return None
-    return ShardName(parts[1], int(match["seq"]), match["agent"], match["nonce"])
+    return ShardName(parts[1], int(match["seq"]), match["agent"], match["nonce"], match["ext"])
 
 
 def encode(table: str, rows: list[dict[str, Any]] | pa.Table) -> bytes:
@@ -107,6 +117,57 @@ def decode(table: str, payload: bytes, path: str, commit: str) -> pa.Table:
     if data.column("event_id").null_count:
         raise ShardError(path, commit, "rows without event_id")
     return data.select(schema.names).cast(schema)
+
+
+def _jsonable(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def encode_record(table: str, rows: list[dict[str, Any]]) -> bytes:
+    """Serialize record rows as JSON, after validating them against the table schema."""
+    filled = [{**row, "schema_version": SCHEMA_VERSION} for row in rows]
+    pa.Table.from_pylist(filled, schema=SCHEMAS[table])  # raises on a wrong type
+    return json.dumps([{k: _jsonable(v) for k, v in r.items()} for r in filled]).encode()
+
+
+def decode_record(table: str, payload: bytes, path: str, commit: str) -> list[dict[str, Any]]:
+    """Parse and validate record rows (every column present, typed as in the schema).
+
+    Raises:
+        ShardError: not JSON rows, unknown columns, wrong types or schema version.
+    """
+    schema = SCHEMAS[table]
+    try:
+        rows = json.loads(payload)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError("expected a list of objects")
+    except ValueError as exc:
+        raise ShardError(path, commit, f"not a JSON record ({exc})") from None
+    out = []
+    for row in rows:
+        extra = set(row) - set(schema.names)
+        if extra:
+            raise ShardError(path, commit, f"unexpected columns {sorted(extra)}")
+        if row.get("schema_version") != SCHEMA_VERSION:
+            raise ShardError(path, commit, f"schema_version {row.get('schema_version')} but "
+                             f"this autolab reads {SCHEMA_VERSION}")
+        full = {}
+        for field in schema:
+            value = row.get(field.name)
+            if value is not None and pa.types.is_timestamp(field.type):
+                try:
+                    value = datetime.fromisoformat(value)
+                except (TypeError, ValueError):
+                    raise ShardError(path, commit, f"{field.name} is not a timestamp") from None
+            full[field.name] = value
+        if not isinstance(full["event_id"], str):
+            raise ShardError(path, commit, "rows without event_id")
+        out.append(full)
+    try:
+        pa.Table.from_pylist(out, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+        raise ShardError(path, commit, f"does not match the {table} schema ({exc})") from None
+    return out
 
 
 def with_seq(data: pa.Table, first_seq: int) -> pa.Table:

@@ -442,8 +442,8 @@ def compact(lab: Lab, *, min_shards: int = 2) -> Compaction:
 def _main_rows(view: LabView, table: str) -> Any:
     import pyarrow as pa
 
-    from autolab.protocol.reader import read_shard
+    from autolab.protocol.reader import read_table
 
-    parts = [read_shard(view.store, table, blob, path, view.main)[0]
+    parts = [read_table(view.store, table, blob, path, view.main)
              for path, blob in view.main_shards[table].items()]
     return pa.concat_tables(parts).sort_by([("seq", "ascending"), ("event_id", "ascending")])

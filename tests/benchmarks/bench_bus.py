@@ -57,16 +57,32 @@ def claim_agent(url: str, cache: str, agent: str, seconds: float, barrier, out) 
         phases[key] = 0.0
     end = time.time() + seconds
     lat, ids, retries = [], [], []
+    profiler = None
+    if os.environ.get("BENCH_PROFILE") and agent == "a0":
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     while time.time() < end:
         lost = lab.stats.get("lost_claims", 0)
+        before = dict(phases)
         start = time.perf_counter()
         try:
             won = tx.claim(lab)
         except NothingToDo:
             break
         lat.append(time.perf_counter() - start)
+        if os.environ.get("BENCH_SLOW") and lat[-1] > 2:
+            spent = {k: round(phases[k] - before[k], 3) for k in phases}
+            print(f"slow claim {lat[-1]:.2f}s at {time.time() % 1000:.2f} {spent}",
+                  file=sys.stderr, flush=True)
         ids.append(won.experiment_id)
         retries.append(lab.stats.get("lost_claims", 0) - lost)
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
     out.put((agent, lat, ids, retries, time.time(), phases))
 
 
