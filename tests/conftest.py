@@ -104,9 +104,9 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _make_remote(kind: str, tmp_path: Path, git_daemon: GitDaemon, template: str) -> Remote:
     name = f"lab-{tmp_path.name}.git"
-    if kind == "path":
+    if kind in ("path", "file"):
         bare = tmp_path / name
-        url = str(bare)
+        url = str(bare) if kind == "path" else f"file://{bare}"
     else:
         bare = git_daemon.base / name
         url = git_daemon.url(name)
@@ -118,6 +118,17 @@ def _make_remote(kind: str, tmp_path: Path, git_daemon: GitDaemon, template: str
 def remote(request: pytest.FixtureRequest, tmp_path: Path, git_daemon: GitDaemon
            ) -> Iterator[Remote]:
     """A fresh ``blank`` lab on each kind of remote; fsck'd after the test."""
+    rem = _make_remote(request.param, tmp_path, git_daemon, "blank")
+    yield rem
+    rem.fsck()
+    if rem.kind == "daemon":
+        shutil.rmtree(rem.bare, ignore_errors=True)
+
+
+@pytest.fixture(params=["path", "file", "daemon"])
+def any_remote(request: pytest.FixtureRequest, tmp_path: Path, git_daemon: GitDaemon
+               ) -> Iterator[Remote]:
+    """Like ``remote``, plus ``file://`` URLs (for the store conformance suite)."""
     rem = _make_remote(request.param, tmp_path, git_daemon, "blank")
     yield rem
     rem.fsck()

@@ -9,42 +9,42 @@ from autolab.protocol.gitstore import GitStore
 from autolab.protocol.store import FileChange
 
 
-def test_refresh_reads_main_without_checkout(remote):
-    store = GitStore(remote.url)
+def test_refresh_reads_main_without_checkout(any_remote):
+    store = GitStore(any_remote.url)
     snap = store.refresh()
-    assert snap.main == remote.main()
+    assert snap.main == any_remote.main()
     assert snap.records == {}
     assert b"[metric]" in store.read_file(snap.main, "autolab.toml")
     assert store.read_file(snap.main, "missing.txt") is None
     assert "experiment.py" in store.list_files(snap.main)
 
 
-def test_cas_main_moves_only_from_expected(remote):
-    store = GitStore(remote.url)
+def test_cas_main_moves_only_from_expected(any_remote):
+    store = GitStore(any_remote.url)
     base = store.refresh().main
     first = store.make_commit(base, FileChange(add={"notes/a.txt": b"a"}), "a")
     second = store.make_commit(base, FileChange(add={"notes/b.txt": b"b"}), "b")
     store.cas_main(first, base)
     with pytest.raises(Conflict):
         store.cas_main(second, base)  # main moved: the second writer loses
-    assert remote.main() == first
+    assert any_remote.main() == first
     assert store.refresh().main == first
     assert store.read_file(first, "notes/a.txt") == b"a"
 
 
-def test_create_ref_is_create_only(remote):
-    store = GitStore(remote.url)
+def test_create_ref_is_create_only(any_remote):
+    store = GitStore(any_remote.url)
     one = store.make_commit(None, FileChange(add={"r/x": b"1"}), "one")
     two = store.make_commit(None, FileChange(add={"r/x": b"2"}), "two")
     store.create_ref("refs/autolab/claims/0001/1", one)
     with pytest.raises(Conflict):
         store.create_ref("refs/autolab/claims/0001/1", two)
-    assert remote.git("rev-parse", "refs/autolab/claims/0001/1") == one
+    assert any_remote.git("rev-parse", "refs/autolab/claims/0001/1") == one
     assert store.refresh().records == {"refs/autolab/claims/0001/1": one}
 
 
-def test_delete_refs_checks_expected_value(remote):
-    store = GitStore(remote.url)
+def test_delete_refs_checks_expected_value(any_remote):
+    store = GitStore(any_remote.url)
     one = store.make_commit(None, FileChange(add={"r/x": b"1"}), "one")
     two = store.make_commit(None, FileChange(add={"r/x": b"2"}), "two")
     store.create_ref("refs/autolab/claims/a/1", one)
@@ -55,25 +55,25 @@ def test_delete_refs_checks_expected_value(remote):
     assert set(store.refresh().records) == {"refs/autolab/claims/b/1"}
 
 
-def test_push_and_fetch_branch(remote):
-    store = GitStore(remote.url)
+def test_push_and_fetch_branch(any_remote):
+    store = GitStore(any_remote.url)
     base = store.refresh().main
     head = store.make_commit(base, FileChange(add={"experiment.py": b"X = 1\n"}), "exp")
     store.push_ref("refs/heads/autolab/exp/0001", head, None)
     with pytest.raises(Conflict):
         store.push_ref("refs/heads/autolab/exp/0001", base, None)
-    other = GitStore(remote.url, cache_dir=store.path.parent / "other")
+    other = GitStore(any_remote.url, cache_dir=store.path.parent / "other")
     assert other.fetch_ref("refs/heads/autolab/exp/0001") == head
     assert other.read_file(head, "experiment.py") == b"X = 1\n"
     assert other.fetch_ref("refs/heads/autolab/exp/none") is None
 
 
-def test_cache_is_rebuilt_when_damaged(remote):
-    store = GitStore(remote.url)
+def test_cache_is_rebuilt_when_damaged(any_remote):
+    store = GitStore(any_remote.url)
     store.refresh()
     (store.path / "HEAD").unlink()  # damage the cache clone between two commands
-    again = GitStore(remote.url)
-    assert again.refresh().main == remote.main()
+    again = GitStore(any_remote.url)
+    assert again.refresh().main == any_remote.main()
 
 
 def test_missing_lab_is_a_clear_error(tmp_path):

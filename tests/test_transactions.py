@@ -151,3 +151,20 @@ def test_compaction_keeps_every_row_and_the_state(remote):
 def _summary(state):
     return ({k: e.to_dict() for k, e in state.experiments.items()}, state.promotions,
             [{k: v for k, v in s.items() if k != "_order"} for s in state.scores], state.max_seq)
+
+
+def test_folded_record_refs_are_deleted_after_the_grace_period(remote):
+    lab = Lab.open(remote.url, "worker", ref_grace=0.0)
+    propose_x(lab, 1.0, 2.0)
+    finish(lab, tx.claim(lab), 2.0, promote=False)
+    tx.claim(lab)
+    before = lab.read()
+    assert len(before.records) == 3 and len(before.pending) == 3
+    lab.fold(before, force=True)  # rows onto main; the refs stay until seen folded
+    middle = lab.read()
+    assert len(middle.records) == 3 and not middle.pending
+    lab.fold(middle, force=True)
+    after = lab.read()
+    assert after.records == [] and remote.git("for-each-ref", "refs/autolab") == ""
+    assert {k: e.to_dict() for k, e in after.state.experiments.items()} == {
+        k: e.to_dict() for k, e in before.state.experiments.items()}
