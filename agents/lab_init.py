@@ -5,9 +5,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
+from autolab.protocol.config import parse_config
 from autolab.protocol.errors import AutoLabError
 
 STATE_README = """# Lab state
@@ -26,6 +28,9 @@ def templates() -> list[str]:
 
 
 def template_dir(name: str) -> Path:
+    """A shipped template by name, or a directory path holding one."""
+    if Path(name).is_dir() and (Path(name) / "autolab.toml").is_file():
+        return Path(name)
     if name not in templates():
         raise AutoLabError(f"unknown template {name!r}; choose one of {', '.join(templates())}")
     return Path(str(resources.files("autolab.templates") / name))
@@ -37,19 +42,25 @@ def _git(*args: str, cwd: Path) -> None:
         raise AutoLabError(f"git {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
 
 
-def init_lab(path: Path, template: str = "tiny-lm", *, bare: bool = False) -> Path:
+def init_lab(path: Path, template: str = "tiny-lm", *, bare: bool = False,
+             edit: Callable[[Path], None] | None = None) -> Path:
     """Create a lab at ``path`` from ``template``: one commit on ``main``.
 
     With ``bare``, ``path`` becomes a bare repository that agents use as the lab's
-    remote; otherwise a working repository with ``main`` checked out.
+    remote; otherwise a working repository with ``main`` checked out. ``edit`` may
+    change the files before the commit (the demo sets its budget this way).
     """
     source = template_dir(template)
+    path = Path(path).resolve()
     if path.exists() and any(path.iterdir()):
         raise AutoLabError(f"{path} exists and is not empty")
     with tempfile.TemporaryDirectory(prefix="autolab-init-") as tmp:
         work = Path(tmp) / "lab" if bare else path
         shutil.copytree(source, work, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__", ".data", "*.pyc"))
+        if edit is not None:
+            edit(work)
+        parse_config((work / "autolab.toml").read_text())  # refuse to create a broken lab
         (work / ".autolab").mkdir(exist_ok=True)
         (work / ".autolab" / "README.md").write_text(STATE_README)
         _git("init", "--quiet", "--initial-branch=main", ".", cwd=work)

@@ -221,6 +221,23 @@ class GitStore(LabStore):
             return None
         return self.repo[entry.id].data if entry.type_str == "blob" else None
 
+    def export(self, commit: str, dest: str) -> None:
+        import io
+        import tarfile
+
+        proc = subprocess.run(["git", "archive", "--format=tar", commit], cwd=self.path,
+                              capture_output=True, timeout=_GIT_TIMEOUT)
+        if proc.returncode != 0:
+            raise TransportError(f"cannot export {commit[:12]}: {proc.stderr.decode()[-200:]}")
+        with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as archive:
+            archive.extractall(dest, filter="data")
+
+    def has_commit(self, commit: str) -> bool:
+        try:
+            return self.repo.get(commit) is not None
+        except (ValueError, pygit2.GitError):
+            return False
+
     def commit_time(self, commit: str) -> float:
         return float(self.repo[commit].commit_time)
 
@@ -270,7 +287,10 @@ class GitStore(LabStore):
         self._push_one(MAIN, new, expected)
 
     def create_ref(self, ref: str, commit: str) -> None:
-        flag, summary = self._group_push(ref, commit)
+        self._spooled(ref, commit, None)
+
+    def _spooled(self, ref: str, commit: str, expected: str | None) -> None:
+        flag, summary = self._group_push(ref, commit, expected)
         if flag == "!":
             if any(word in summary for word in _LOST_RACE):
                 raise Conflict(ref, f"{ref}: {summary}")
@@ -291,8 +311,8 @@ class GitStore(LabStore):
 
     # -- group commit of record refs -------------------------------------------------
 
-    def _group_push(self, ref: str, commit: str) -> tuple[str, str]:
-        """Create ``ref`` at ``commit`` through the host's push spool.
+    def _group_push(self, ref: str, commit: str, expected: str | None) -> tuple[str, str]:
+        """Move ``ref`` from ``expected`` (None: absent) to ``commit`` via the host's spool.
 
         The request is a file in the spool; the agent holding the push lock pushes all
         pending requests at once and writes each requester's result file. A leader that
@@ -303,7 +323,7 @@ class GitStore(LabStore):
         self._spool.mkdir(parents=True, exist_ok=True)
         nonce = f"{time.time_ns():020d}-{secrets.token_hex(6)}"
         request, result = self._spool / f"{nonce}.req", self._spool / f"{nonce}.res"
-        _write_atomic(request, json.dumps([ref, commit]))
+        _write_atomic(request, json.dumps([ref, commit, expected]))
         # Whoever gets the lock pushes the whole spool. Waiters poll for their answer
         # rather than queueing on the lock: a blocking lock would hand it to every
         # served waiter in turn, a convoy that costs more than the push itself.
@@ -329,17 +349,18 @@ class GitStore(LabStore):
 
     def _lead_push(self) -> None:
         """Push every spooled request (push lock held); one request per ref per round."""
-        batch: dict[str, tuple[Path, str]] = {}
+        batch: dict[str, tuple[Path, str, str | None]] = {}
         for request in sorted(self._spool.glob("*.req")):
             try:
-                ref, commit = json.loads(request.read_text())
+                ref, commit, expected = json.loads(request.read_text())
             except (OSError, ValueError):
                 continue  # being written, or gone
-            batch.setdefault(ref, (request, commit))
+            batch.setdefault(ref, (request, commit, expected))
         if not batch:
             return
-        specs = [f"--force-with-lease={ref}:" for ref in batch]
-        specs += [f"{commit}:{ref}" for ref, (_, commit) in batch.items()]
+        specs = [f"--force-with-lease={ref}:{expected or ''}"
+                 for ref, (_, _, expected) in batch.items()]
+        specs += [f"{commit}:{ref}" for ref, (_, commit, _) in batch.items()]
         try:
             began = time.time()
             status = self._push(*specs)
@@ -348,13 +369,13 @@ class GitStore(LabStore):
                       f"at {began % 1000:.2f}", flush=True)
         except TransportError as exc:
             status = {ref: ("!", f"transport: {exc}") for ref in batch}
-        for ref, (request, _) in batch.items():
+        for ref, (request, _, _) in batch.items():
             flag, summary = status.get(ref, ("!", "no status from git push"))
             _write_atomic(request.with_suffix(".res"), json.dumps([flag, summary]))
             request.unlink(missing_ok=True)
 
     def push_ref(self, ref: str, commit: str, expected: str | None) -> None:
-        self._push_one(ref, commit, expected)
+        self._spooled(ref, commit, expected)
 
     def delete_refs(self, refs: Mapping[str, str]) -> list[str]:
         if not refs:

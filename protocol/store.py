@@ -109,6 +109,14 @@ class LabStore(ABC):
     def fetch_ref(self, ref: str) -> str | None:
         """Fetch one ref (e.g. an experiment branch); its commit id or None if absent."""
 
+    @abstractmethod
+    def export(self, commit: str, dest: str) -> None:
+        """Write the files of ``commit`` into the directory ``dest`` (no checkout)."""
+
+    def has_commit(self, commit: str) -> bool:
+        """True if ``commit``'s objects are in the local store already."""
+        return False
+
     def try_exclusive(self, seconds: float) -> bool:
         """Host-local rate limit for optional chores (folding); default: always yes."""
         return True

@@ -372,7 +372,7 @@ def promote(lab: Lab, experiment_id: str) -> Promotion:
         result = view.state.experiments[experiment_id].result
         assert result is not None
         head = result["branch_commit"]
-        if head not in fetched:
+        if head not in fetched and not lab.store.has_commit(head):
             got = lab.store.fetch_ref(f"refs/heads/{branch_name(experiment_id)}")
             if got is None:
                 raise AutoLabError(f"branch {branch_name(experiment_id)} not found on the lab")

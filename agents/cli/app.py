@@ -28,9 +28,9 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from autolab.agents.cli import cmd_lab, cmd_queue, cmd_read
+    from autolab.agents.cli import cmd_agents, cmd_lab, cmd_queue, cmd_read
 
-    for module in (cmd_lab, cmd_queue, cmd_read):
+    for module in (cmd_lab, cmd_queue, cmd_read, cmd_agents):
         module.register(app)
 
 

@@ -1,0 +1,1 @@
+"""Compute backends: where an experiment's command runs (local subprocess, HF Jobs)."""

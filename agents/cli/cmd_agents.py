@@ -1,0 +1,177 @@
+"""Agent verbs: ``worker``, ``planner``, ``reporter``, ``swarm``, ``demo``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from autolab.agents.cli.common import AgentOpt, LabOpt, fmt, open_lab, resolve_lab
+
+OnceOpt = Annotated[bool, typer.Option("--once", help="Do one unit of work and exit.")]
+LoopOpt = Annotated[bool, typer.Option("--loop", help="Repeat until stopped (SIGTERM/Ctrl-C).")]
+IntervalOpt = Annotated[float, typer.Option(help="Seconds between rounds with --loop.")]
+
+
+def _say(role: str):  # noqa: ANN202
+    def say(line: str) -> None:
+        print(f"{datetime.now():%H:%M:%S} {role}: {line}", flush=True)
+
+    return say
+
+
+def _stop_on_sigterm() -> None:
+    from autolab.agents.worker import Stopped
+
+    def handler(signum, frame):  # noqa: ANN001, ARG001
+        raise Stopped()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _rounds(once: bool, loop: bool, interval: float, body) -> None:  # noqa: ANN001
+    """Run ``body`` once, or forever with ``interval`` pauses; stop cleanly on SIGTERM."""
+    from autolab.agents.worker import Stopped
+
+    _stop_on_sigterm()
+    try:
+        while True:
+            body()
+            if not loop or once:
+                return
+            time.sleep(interval)
+    except (Stopped, KeyboardInterrupt):
+        return
+
+
+def worker(
+    lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
+    max_: Annotated[int | None, typer.Option("--max", help="Stop after N experiments.")] = None,
+    backend: Annotated[str, typer.Option(help="Compute backend: local.")] = "local",
+    log_dir: Annotated[Path | None, typer.Option(help="Where run logs go.")] = None,
+    interval: IntervalOpt = 2.0,
+) -> None:
+    """Claim experiments, run them, record scores, promote winners.
+
+    Without --loop, runs experiments until none is claimable (or --max), then exits;
+    --once runs at most one (exit code 3 if there was none).
+    """
+    from autolab.agents.backends.local import LocalBackend
+    from autolab.agents.worker import Stopped, Worker
+    from autolab.protocol.errors import AutoLabError, NothingToDo
+
+    if backend != "local":
+        raise AutoLabError(f"unknown backend {backend!r}; available: local")
+    the_lab = open_lab(lab, agent)
+    logs = log_dir or Path(the_lab.store.path).with_suffix(".logs")
+    work = Worker(the_lab, LocalBackend(), logs, say=_say(f"worker {the_lab.agent}"))
+    _stop_on_sigterm()
+    try:
+        if once:
+            if work.run_once() is None:
+                raise NothingToDo("nothing to claim")
+            return
+        work.loop(max_experiments=max_, idle=interval, exit_when_idle=not loop)
+    except (Stopped, KeyboardInterrupt):
+        work.say("stopped")
+
+
+def planner(
+    lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
+    depth: Annotated[int, typer.Option(help="Target number of queued experiments.")] = 4,
+    interval: IntervalOpt = 2.0,
+) -> None:
+    """Keep the queue at --depth with one-knob proposals of the current best; reap leases."""
+    from autolab.agents.planner import plan_once
+
+    the_lab = open_lab(lab, agent)
+    say = _say(f"planner {the_lab.agent}")
+    _rounds(once, loop, interval, lambda: plan_once(the_lab, depth, say))
+
+
+def reporter(lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False,
+             loop: LoopOpt = False, interval: IntervalOpt = 5.0) -> None:
+    """Reap expired leases, fold record refs into main, compact shards."""
+    from autolab.agents.reporter import report_once
+
+    the_lab = open_lab(lab, agent)
+    say = _say(f"reporter {the_lab.agent}")
+    _rounds(once, loop, interval, lambda: report_once(the_lab, say))
+
+
+def swarm(
+    lab: LabOpt = None,
+    workers: Annotated[int, typer.Option(help="Number of worker processes.")] = 2,
+    duration: Annotated[str, typer.Option(help="How long: 90s, 10m, 2h.")] = "10m",
+    depth: Annotated[int, typer.Option(help="Planner's queue depth.")] = 4,
+    log_dir: Annotated[Path, typer.Option(help="Per-agent log files.")] = Path("autolab-logs"),
+) -> None:
+    """Run a planner, N workers and a reporter as local processes for --duration."""
+    from autolab.agents.swarm import Swarm, parse_duration
+
+    seconds = parse_duration(duration)
+    crew = Swarm(resolve_lab(lab), workers=workers, depth=depth, log_dir=log_dir)
+    print(f"swarm: {workers} worker(s), planner and reporter for {seconds:g}s; logs in "
+          f"{log_dir}/", flush=True)
+    try:
+        crew.run(seconds, tick=1.0)
+    except KeyboardInterrupt:
+        crew.stop()
+    print("swarm: stopped", flush=True)
+
+
+def demo(
+    workers: Annotated[int, typer.Option(help="Number of workers.")] = 2,
+    minutes: Annotated[float, typer.Option(help="How long the swarm runs.")] = 3.0,
+    dir_: Annotated[Path | None, typer.Option("--dir", help="Where the demo lab goes "
+                                              "(default ./autolab-demo).")] = None,
+    budget: Annotated[float | None, typer.Option(help="Training seconds per run (default: "
+                                                 "the template's).")] = None,
+    live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
+) -> None:
+    """Run a whole lab locally on tiny-lm: planner, workers, reporter, promotions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from autolab.agents.demo import run_demo
+    from autolab.protocol.lab import Lab
+    from autolab.scoreboard.leaderboard import leaderboard
+
+    console = Console()
+    report = run_demo(workers=workers, minutes=minutes, directory=dir_, budget=budget,
+                      live=live and sys.stdout.isatty())
+    view = Lab.open(str(report.lab), "demo").read()
+    config, state = view.config, view.state
+    table = Table("experiment", config.metric, "promoted", "hypothesis", title="leaderboard")
+    for row in leaderboard(view):
+        table.add_row(row["experiment_id"], fmt(row["metric"]), "yes" if row["promoted"] else "",
+                      row["hypothesis"][:80])
+    console.print(table)
+    console.print(f"[bold]promotions[/] ({len(state.promotions)}):")
+    for p in state.promotions:
+        console.print(f"  {p['experiment_id']}: {config.metric} = {p['metric']:.4f}")
+    best = state.best
+    if best and config.floor is not None:
+        gap = best["metric"] - config.floor
+        console.print(f"best {config.metric} {best['metric']:.4f}; entropy floor "
+                      f"{config.floor:.4f}; gap {gap:.4f} ({gap / config.floor:.1%} of the floor)")
+    counts = {s: len(state.by_state(s)) for s in ("done", "failed", "cancelled")}
+    console.print(f"experiments: {counts}")
+    if report.overhead_mean is not None:
+        console.print(f"protocol overhead per experiment: {report.overhead_mean:.2f}s "
+                      f"({report.overhead_share:.1%} of worker time, {len(report.cycles)} runs)")
+    console.print(f"\ninspect the lab:\n  autolab status --lab {report.lab}\n"
+                  f"  autolab sql --lab {report.lab} \"SELECT experiment_id, state, metric, "
+                  f"hypothesis FROM experiments ORDER BY metric\"\n"
+                  f"  git -C {report.lab} log --first-parent --oneline main\n"
+                  f"  logs: {report.dir / 'logs'}")
+
+
+def register(app: typer.Typer) -> None:
+    for command in (worker, planner, reporter, swarm, demo):
+        app.command()(command)

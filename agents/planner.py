@@ -1,0 +1,33 @@
+"""The planner: keeps the queue at a target depth with proposals, and reaps leases."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from autolab.agents.proposers.space import propose_space
+from autolab.protocol import transactions as tx
+from autolab.protocol.lab import Lab
+
+
+def plan_once(lab: Lab, depth: int, say: Callable[[str], None] = print,
+              rng: random.Random | None = None) -> list[str]:
+    """Reap expired leases, then top the queue up to ``depth``; return new ids."""
+    view = lab.read()
+    for reaped in tx.reap(lab, view):
+        say(f"{reaped.event} {reaped.experiment_id} attempt {reaped.attempt}: lease expired")
+    state, config = view.state, view.config
+    queued = len(state.by_state("queued"))
+    if queued >= depth:
+        return []
+    files = {k.file: (lab.store.read_file(view.main, k.file) or b"").decode()
+             for k in config.knobs.values()}
+    measured = state.best is not None or any(s["status"] == "ok" for s in state.scores)
+    proposals = propose_space(config, files, state.patch_hashes(), depth - queued,
+                              baseline=not measured, rng=rng)
+    if not proposals:
+        return []
+    ids = [i for i in tx.propose(lab, proposals) if i]
+    for eid, proposal in zip(ids, proposals, strict=False):
+        say(f"proposed {eid}: {proposal.hypothesis}")
+    return ids

@@ -1,0 +1,1 @@
+"""Proposers: state in, proposals out (``space``: knob mutations; ``llm``; ``agent``)."""

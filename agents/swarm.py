@@ -1,0 +1,88 @@
+"""``autolab swarm``: a planner, N workers and a reporter as local processes.
+
+Each agent is a separate ``autolab`` process (exactly what one would start by hand or
+from cron); the swarm only starts them, forwards their output to per-agent log files,
+and stops them cleanly: SIGTERM first (a worker releases its claim and kills its
+run), SIGKILL if one lingers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Swarm:
+    """Local agent processes of one lab."""
+
+    lab: str
+    workers: int = 2
+    depth: int = 4
+    log_dir: Path = field(default_factory=lambda: Path("autolab-logs"))
+    env: dict[str, str] = field(default_factory=dict)
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def _spawn(self, name: str, *args: str) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
+        env = {**os.environ, **self.env, "AUTOLAB_AGENT": name}
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "autolab.agents.cli", *args, "--lab", self.lab],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+
+    def start(self) -> None:
+        self._spawn("planner", "planner", "--loop", "--depth", str(self.depth))
+        for n in range(1, self.workers + 1):
+            self._spawn(f"worker-{n}", "worker", "--loop")
+        self._spawn("reporter", "reporter", "--loop")
+
+    def alive(self) -> list[str]:
+        return [name for name, proc in self.procs.items() if proc.poll() is None]
+
+    def stop(self, grace: float = 20.0) -> dict[str, int | None]:
+        """SIGTERM every agent, wait up to ``grace`` seconds, then SIGKILL."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return {name: proc.returncode for name, proc in self.procs.items()}
+
+    def run(self, duration: float, tick: float = 1.0, on_tick=None) -> None:  # noqa: ANN001
+        """Start, call ``on_tick()`` every ``tick`` seconds for ``duration``, stop."""
+        self.start()
+        end = time.monotonic() + duration
+        try:
+            while time.monotonic() < end:
+                if on_tick is not None:
+                    on_tick()
+                time.sleep(min(tick, max(0.0, end - time.monotonic())))
+        finally:
+            self.stop()
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``10m``, ``2h`` -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = text.strip().lower()
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        from autolab.protocol.errors import AutoLabError
+
+        raise AutoLabError(f"duration {text!r}: expected seconds or a number with s, m or h")\
+            from None
