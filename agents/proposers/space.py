@@ -51,13 +51,34 @@ def mutate(knob: Knob, value: Any, rng: random.Random) -> Any:
     return float(f"{min(high, max(low, new)):.3g}")
 
 
+# Why a change might help, by what the knob's name says it is (up, down).
+_REASONS = (
+    (("LR", "LEARNING_RATE"), "larger steps make more progress within the fixed budget",
+     "smaller steps make training more stable"),
+    (("BATCH",), "larger batches give less noisy gradients",
+     "smaller batches fit more optimizer steps into the budget"),
+    (("LAYER", "EMBD", "WIDTH", "DEPTH", "HIDDEN", "HEAD"),
+     "more capacity can model more of the data",
+     "a smaller model trains more steps within the budget"),
+    (("BLOCK", "CONTEXT", "SEQ"), "a longer context lets the model see more history",
+     "a shorter context makes each step cheaper"),
+    (("DROPOUT", "DECAY", "REG"), "more regularization may generalize better",
+     "less regularization lets the model fit faster within the budget"),
+    (("WARMUP",), "a longer warmup avoids early instability",
+     "a shorter warmup spends more of the budget at full learning rate"),
+)
+
+
 def hypothesis(name: str, old: Any, new: Any) -> str:
+    """One sentence: the edit, and why it might help."""
     if isinstance(new, (int, float)) and isinstance(old, (int, float)):
-        verb = "Raising" if new > old else "Lowering"
-        return (f"{verb} {name} from {format_value(old)} to {format_value(new)} should improve "
-                f"the metric under the fixed budget")
-    return f"Switching {name} from {format_value(old)} to {format_value(new)} should improve " \
-           f"the metric under the fixed budget"
+        up = new > old
+        why = next((r[1] if up else r[2] for r in _REASONS
+                    if any(key in name.upper() for key in r[0])), "it may suit the task better")
+        verb = "Raising" if up else "Lowering"
+        return f"{verb} {name} from {format_value(old)} to {format_value(new)}: {why}"
+    return (f"Switching {name} from {format_value(old)} to {format_value(new)}: it may suit the "
+            f"task better")
 
 
 def propose_space(config: LabConfig, files: dict[str, str], tried: set[str], count: int,
