@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from autolab.agents.backends.base import Backend, RunRequest, RunResult
-from autolab.agents.worktree import Worktree, harness_files, harness_hash
+from autolab.agents.worktree import Worktree
 from autolab.protocol import transactions as tx
 from autolab.protocol.errors import Conflict, NothingToDo, PatchError
+from autolab.protocol.harness import harness_files, harness_hash
 from autolab.protocol.lab import Lab, now
 from autolab.protocol.store import FileChange
 

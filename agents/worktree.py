@@ -3,7 +3,6 @@ harness (protected files) taken from ``main``."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -12,23 +11,10 @@ from pathlib import Path
 
 from autolab.protocol.config import LabConfig
 from autolab.protocol.errors import PatchError
-from autolab.protocol.patches import check_patch, matches
+from autolab.protocol.harness import harness_files
+from autolab.protocol.patches import check_patch
 from autolab.protocol.shards import STATE_DIR
 from autolab.protocol.store import LabStore
-
-
-def harness_files(store: LabStore, main: str, config: LabConfig) -> dict[str, str]:
-    """Protected files on ``main`` (path -> blob id), the lab's state excluded."""
-    return {p: b for p, b in store.list_files(main).items()
-            if matches(p, config.all_protected) and not p.startswith(STATE_DIR + "/")}
-
-
-def harness_hash(files: dict[str, str]) -> str:
-    """Identity of the evaluation harness: a hash over its paths and blob ids."""
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        digest.update(f"{path}\0{files[path]}\n".encode())
-    return digest.hexdigest()[:32]
 
 
 class Worktree:

@@ -348,6 +348,12 @@ def promotion_blocker(view: LabView, experiment_id: str) -> str | None:
         return f"result status is {result['status']}"
     if not result.get("branch_commit"):
         return "result has no branch commit"
+    if result.get("harness_hash"):
+        from autolab.protocol.harness import harness_files, harness_hash
+
+        current = harness_hash(harness_files(view.store, view.main, view.config))
+        if result["harness_hash"] != current:
+            return "its harness hash differs from the harness on main"
     config, best = view.config, view.state.best_metric
     if not config.better(result["metric"], best):
         return (f"{config.metric} {result['metric']:.6g} does not beat the best {best:.6g} "

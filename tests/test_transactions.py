@@ -168,3 +168,18 @@ def test_folded_record_refs_are_deleted_after_the_grace_period(remote):
     assert after.records == [] and remote.git("for-each-ref", "refs/autolab") == ""
     assert {k: e.to_dict() for k, e in after.state.experiments.items()} == {
         k: e.to_dict() for k, e in before.state.experiments.items()}
+
+
+def test_score_with_another_harness_is_never_promoted(remote):
+    lab = Lab.open(remote.url, "worker")
+    propose_x(lab, 2.0)
+    won = tx.claim(lab)
+    from .helpers import push_branch
+
+    head = push_branch(lab, won.experiment_id, 2.0)
+    score = tx.make_score(won.experiment_id, won.attempt, status="ok", metric=1.0,
+                          branch_commit=head, harness_hash="0" * 32)
+    tx.submit(lab, score)
+    outcome = tx.promote(lab, won.experiment_id)
+    assert not outcome.promoted and "harness" in outcome.reason
+    assert lab.read().state.promotions == []
