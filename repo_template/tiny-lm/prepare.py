@@ -30,7 +30,7 @@ import math
 import os
 import random
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -84,7 +84,7 @@ def _shuffled_prefix(rng: random.Random, items, k: int) -> list[int]:
     return items[:k]
 
 
-@lru_cache(maxsize=None)
+@cache
 def source_table() -> tuple[tuple[tuple[int, int], ...], ...]:
     """The transition table of the source.
 
@@ -112,7 +112,7 @@ def source_table() -> tuple[tuple[tuple[int, int], ...], ...]:
             cuts.add(1 + _randbelow(rng, QUANTUM - 1))
         edges = [0, *sorted(cuts), QUANTUM]
         counts = [edges[i + 1] - edges[i] for i in range(m)]
-        table.append(tuple(zip(symbols, counts)))
+        table.append(tuple(zip(symbols, counts, strict=True)))
     return tuple(table)
 
 
@@ -159,7 +159,7 @@ def _check_ergodic(table, root: int) -> set[int]:
     return set(queue)
 
 
-@lru_cache(maxsize=None)
+@cache
 def stationary_distribution() -> tuple[float, ...]:
     """Stationary distribution of the context chain (float64 power iteration,
     run until it is a fixed point to within 1e-15)."""
@@ -202,7 +202,7 @@ def conditional_entropy_bits(context: int) -> float:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def entropy_floor_bpb() -> float:
     """Exact entropy rate of the source in bits per byte:
     the sum over contexts of pi(context) * H(next byte | context)."""
@@ -287,7 +287,7 @@ def prepare() -> Path:
     return d
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_bytes(split: str) -> bytes:
     if split not in ("train", "val"):
         raise ValueError(f"unknown split {split!r}")
@@ -314,7 +314,8 @@ def _check_causal(model, x: torch.Tensor) -> None:
     x2 = x.clone()
     x2[:, cut:] = (x2[:, cut:] + 1) % VOCAB_SIZE
     y2 = model(x2)
-    if not torch.allclose(y1[:, :cut].float(), y2[:, :cut].float(), atol=1e-3, rtol=1e-3):
+    if not torch.allclose(y1[:, :cut].float(), y2[:, :cut].float(), atol=1e-3, rtol=1e-3,
+                          equal_nan=True):
         raise RuntimeError("the model is not causal: its predictions depend on later bytes")
 
 

@@ -1,12 +1,12 @@
 """
 tiny-lm: a small GPT that learns to predict the next byte of a synthetic
-corpus, trained for a fixed wall-clock budget. This is the file to improve.
+corpus within a fixed training budget. This is the file to improve.
 
     python train.py
 
-The data and the metric live in prepare.py (protected). The run ends with a
-summary block; val_bpb (validation bits per byte, lower is better) is the
-number that counts.
+The data and the metric live in prepare.py, which is protected. The run ends
+with a summary block; val_bpb (validation bits per byte, lower is better) is
+the number that counts. See program.md for the rules.
 """
 
 import math
@@ -22,28 +22,39 @@ import torch.nn.functional as F
 from prepare import VOCAB_SIZE, evaluate_bpb, load_split
 
 # ---------------------------------------------------------------------------
-# Knobs
+# Knobs (one assignment per line: tools rewrite them in place)
 # ---------------------------------------------------------------------------
 
+# peak AdamW learning rate
 LEARNING_RATE = 2e-3
+# AdamW weight decay on the matrices and embeddings
 WEIGHT_DECAY = 0.0
+# fraction of the budget spent warming the learning rate up from zero
 WARMUP_FRAC = 0.1
+# sequences per optimizer step
 BATCH_SIZE = 32
+# context length in bytes (also the evaluation window)
 BLOCK_SIZE = 64
+# transformer blocks
 N_LAYER = 2
+# attention heads per block (must divide N_EMBD)
 N_HEAD = 2
+# width of the residual stream
 N_EMBD = 32
+# dropout probability during training
 DROPOUT = 0.0
+# MLP nonlinearity: "gelu", "relu" or "silu"
 ACTIVATION = "gelu"
+
+# ---------------------------------------------------------------------------
+# Fixed settings: seed, budget and device
+# ---------------------------------------------------------------------------
+
 SEED = 1337
-
-# ---------------------------------------------------------------------------
-# Budget and device
-# ---------------------------------------------------------------------------
-
-# On CPU a run uses one core and its budget counts the process's CPU time
-# (the same as wall time on an idle core, and still fair when several runs
-# share a machine). On GPU the budget is wall time.
+# The budget is AUTOLAB_TRAIN_SECONDS of training (AUTOLAB_TRAIN_SECONDS_GPU on
+# a GPU, if set); evaluation comes after it. On CPU a run uses one core and
+# the budget counts the process's CPU time: the same as wall time on an idle
+# core, and still fair when several runs share a machine. On GPU it is wall time.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TRAIN_SECONDS = float(os.environ.get("AUTOLAB_TRAIN_SECONDS", "15"))
 if DEVICE == "cuda":
@@ -159,7 +170,7 @@ def get_batch():
 
 
 def lr_at(progress):
-    """Linear warmup, then cosine decay to zero, over the wall-clock budget."""
+    """Linear warmup, then cosine decay to zero, over the training budget."""
     if progress < WARMUP_FRAC:
         return LEARNING_RATE * progress / WARMUP_FRAC
     decay = (progress - WARMUP_FRAC) / max(1e-8, 1.0 - WARMUP_FRAC)
@@ -198,12 +209,12 @@ while train_seconds < TRAIN_SECONDS:
     if DEVICE == "cuda":
         torch.cuda.synchronize()
     train_seconds = clock() - t_start
+    train_bpb = loss.item() / math.log(2)
+    if not math.isfinite(train_bpb):
+        sys.exit(f"training diverged at step {step}: the loss is not finite")
     if step % 100 == 0:
         print(f"step {step:5d} | {train_seconds:5.1f}s | lr {lr:.2e} | "
-              f"loss {loss.item() / math.log(2):.4f} bpb", flush=True)
-    if not math.isfinite(loss.item()):
-        print("loss is not finite; stopping", file=sys.stderr)
-        break
+              f"train_bpb {train_bpb:.4f}", flush=True)
 
 # ---------------------------------------------------------------------------
 # Evaluation and summary
@@ -212,8 +223,9 @@ while train_seconds < TRAIN_SECONDS:
 val_bpb = evaluate_bpb(model, BLOCK_SIZE, DEVICE)
 if DEVICE == "cuda":
     peak_mem_mb = torch.cuda.max_memory_allocated() / 2**20
-else:
-    peak_mem_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+else:  # peak resident memory of the process: KiB on Linux, bytes on macOS
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mem_mb = peak_rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 print("---")
 print(f"val_bpb: {val_bpb:.6f}")
