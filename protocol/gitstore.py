@@ -93,6 +93,13 @@ class GitStore(LabStore):
         # Over git://, protocol v2's extra request/response turn stalls on TCP delayed
         # ACKs (measured: ls-remote 50 ms with v2, 5 ms with v0 on loopback).
         self._options = ("-c", "protocol.version=0") if self.url.startswith("git://") else ()
+        # A lab on this filesystem is read in place (refs directly, objects through the
+        # cache's alternates): no fetch at all. Pushes still go through git.
+        local = self.url.removeprefix("file://")
+        bare = local.startswith("/") and (Path(local) / "objects").is_dir() and (
+            Path(local) / "HEAD").is_file()
+        self._local_path: str | None = local if bare else None
+        self._remote_repo: pygit2.Repository | None = None
 
     # -- cache clone ---------------------------------------------------------------
 
@@ -109,6 +116,7 @@ class GitStore(LabStore):
         if self.path.exists():
             try:
                 pygit2.Repository(str(self.path))
+                self._link_objects(self.path)
                 return
             except (pygit2.GitError, KeyError):
                 shutil.rmtree(self.path, ignore_errors=True)
@@ -124,7 +132,20 @@ class GitStore(LabStore):
             ("core.logAllRefUpdates", "false"),
         ):
             self._git("config", key, value, cwd=tmp)
+        self._link_objects(tmp)
         os.replace(tmp, self.path)
+
+    def _link_objects(self, cache: Path) -> None:
+        """Let the cache see a local lab's objects (git alternates)."""
+        if self._local_path is None:
+            return
+        objects = Path(self._local_path) / "objects"
+        if not objects.is_dir():
+            return  # not a bare repository: reads fall back to fetching
+        alternates = cache / "objects" / "info" / "alternates"
+        if not alternates.exists() or alternates.read_text().strip() != str(objects):
+            alternates.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(alternates, f"{objects}\n")
 
     def _git(self, *args: str, cwd: Path | None | str = "", check: bool = True,
              timeout: float = _GIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -149,6 +170,8 @@ class GitStore(LabStore):
     def refresh(self, *, since: float | None = None) -> Snapshot:
         requested = time.time() if since is None else since
         repo = self.repo
+        if self._remote is not None:
+            return self._read_local_remote(time.time())
         with self._lock:
             started = _read_stamp(self._stamp)
             if started is None or started < requested:
@@ -156,6 +179,33 @@ class GitStore(LabStore):
                 self._fetch_state()
                 self._stamp.write_text(repr(started))
             return self._read_snapshot(repo, started)
+
+    def _read_local_remote(self, started: float) -> Snapshot:
+        """Read a lab on this filesystem directly: its refs, and its objects through the
+        cache's alternates. Writes still go through ``git push``."""
+        remote = self._remote
+        assert remote is not None
+        try:
+            main = remote.references.get(MAIN)
+            records = {name: str(remote.references[name].target)
+                       for name in remote.references if name.startswith(RECORD_PREFIX)}
+        except (pygit2.GitError, KeyError, OSError) as exc:
+            raise TransportError(f"cannot read {redact(self.url)}: {exc}") from None
+        if main is None:
+            raise LabError(f"{redact(self.url)} has no main branch: not a lab")
+        return Snapshot(main=str(main.target), records=records, fetched_at=started)
+
+    @property
+    def _remote(self) -> pygit2.Repository | None:
+        """The lab's repository when it is a local path (None for network remotes)."""
+        if self._local_path is None:
+            return None
+        if self._remote_repo is None:
+            try:
+                self._remote_repo = pygit2.Repository(self._local_path)
+            except pygit2.GitError:
+                raise LabError(f"{redact(self.url)}: no such lab") from None
+        return self._remote_repo
 
     def _fetch_state(self) -> None:
         proc = self._git(
@@ -328,6 +378,7 @@ class GitStore(LabStore):
         # rather than queueing on the lock: a blocking lock would hand it to every
         # served waiter in turn, a convoy that costs more than the push itself.
         deadline = time.monotonic() + 2 * _GIT_TIMEOUT
+        pause = 0.002  # grows while we wait: a push round takes tens of milliseconds
         with open(str(self.path) + ".push.lock", "a") as handle:
             while not result.exists():
                 if time.monotonic() > deadline:
@@ -336,7 +387,8 @@ class GitStore(LabStore):
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    time.sleep(0.003)
+                    time.sleep(pause)
+                    pause = min(0.02, pause * 1.5)
                     continue
                 try:
                     if not result.exists():
@@ -385,8 +437,11 @@ class GitStore(LabStore):
         return [ref for ref in refs if status.get(ref, ("!", ""))[0] == "-"]
 
     def fetch_ref(self, ref: str) -> str | None:
-        local = f"refs/autolab-fetched/{ref.removeprefix('refs/')}"
         repo = self.repo
+        if self._remote is not None:
+            found = self._remote.references.get(ref)
+            return str(found.target) if found else None
+        local = f"refs/autolab-fetched/{ref.removeprefix('refs/')}"
         with self._lock:  # fetches write refs of the shared cache
             proc = self._git("fetch", "--no-write-fetch-head", "--quiet", "--no-tags",
                              "origin", f"+{ref}:{local}", check=False)

@@ -55,6 +55,10 @@ def claim_agent(url: str, cache: str, agent: str, seconds: float, barrier, out) 
     barrier.wait()
     for key in phases:
         phases[key] = 0.0
+    import resource
+
+    own0 = resource.getrusage(resource.RUSAGE_SELF)
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     end = time.time() + seconds
     lat, ids, retries = [], [], []
     profiler = None
@@ -78,11 +82,15 @@ def claim_agent(url: str, cache: str, agent: str, seconds: float, barrier, out) 
                   file=sys.stderr, flush=True)
         ids.append(won.experiment_id)
         retries.append(lab.stats.get("lost_claims", 0) - lost)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    phases["cpu_self"] = own.ru_utime + own.ru_stime - own0.ru_utime - own0.ru_stime
+    phases["cpu_git"] = kids.ru_utime + kids.ru_stime - kids0.ru_utime - kids0.ru_stime
     if profiler is not None:
         import pstats
 
         profiler.disable()
-        pstats.Stats(profiler, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
+        pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(30)
     out.put((agent, lat, ids, retries, time.time(), phases))
 
 
