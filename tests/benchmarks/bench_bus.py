@@ -5,7 +5,7 @@ path, and ``git daemon`` on 127.0.0.1), the benchmark runs for ``--seconds``:
 
 * ``claim``: every agent loops ``transactions.claim`` (one long-lived ``Lab`` per
   process, as ``--loop`` agents do; agents share the host's cache clone);
-* ``raw``: every agent loops the naive protocol on its own clone: ``git fetch``,
+* ``naive``: every agent loops the naive protocol on its own clone: ``git fetch``,
   reset, write a file, ``git commit``, ``git push origin HEAD:main``, retrying on
   rejection; this is the baseline, measured in the same run.
 
@@ -214,7 +214,7 @@ def main() -> None:
         for kind in args.remotes.split(","):
             for n in counts:
                 raw_url = make_lab(kind, tmp, daemon, 1)
-                rows.append(run(kind, "raw", raw_url, n, args.seconds, tmp / f"raw-{kind}-{n}"))
+                rows.append(run(kind, "naive", raw_url, n, args.seconds, tmp / f"raw-{kind}-{n}"))
                 url = make_lab(kind, tmp, daemon, args.experiments)
                 row = run(kind, "claim", url, n, args.seconds, tmp / f"claim-{kind}-{n}")
                 row["once"] = verify(url, tmp, row["ids"])
@@ -229,14 +229,14 @@ def main() -> None:
 
 
 def _line(r: dict) -> str:
-    return (f"{r['remote']:6} {r['mode']:5} N={r['agents']:<3} {r['ops']:5} ops "
+    return (f"{r['remote']:6} {r['mode']:6} N={r['agents']:<3} {r['ops']:5} ops "
             f"{r['rate']:6.1f}/s p50 {r['p50']:.3f}s p95 {r['p95']:.3f}s p99 {r['p99']:.3f}s "
             f"retries/op {r['retries']:.2f} {r.get('once', '')} "
             + " ".join(f"{k} {v:.3f}s" for k, v in r["phases"].items()))
 
 
 def _table(rows: list[dict]) -> str:
-    base = {r["remote"]: r for r in rows if r["mode"] == "raw" and r["agents"] == 1}
+    base = {r["remote"]: r for r in rows if r["mode"] == "naive" and r["agents"] == 1}
     head = ("| remote | loop | agents | ops/s | x raw N=1 | p50 s | p95 s | p99 s | "
             "retries/op | each claim once |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
