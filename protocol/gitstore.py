@@ -414,11 +414,7 @@ class GitStore(LabStore):
                  for ref, (_, _, expected) in batch.items()]
         specs += [f"{commit}:{ref}" for ref, (_, commit, _) in batch.items()]
         try:
-            began = time.time()
             status = self._push(*specs)
-            if os.environ.get("AUTOLAB_TRACE_PUSH"):
-                print(f"lead push {len(batch)} refs {time.time() - began:.3f}s "
-                      f"at {began % 1000:.2f}", flush=True)
         except TransportError as exc:
             status = {ref: ("!", f"transport: {exc}") for ref in batch}
         for ref, (request, _, _) in batch.items():
