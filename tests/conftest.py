@@ -114,34 +114,32 @@ def _make_remote(kind: str, tmp_path: Path, git_daemon: GitDaemon, template: str
     return Remote(kind, url, bare)
 
 
-@pytest.fixture(params=["path", "daemon"])
-def remote(request: pytest.FixtureRequest, tmp_path: Path, git_daemon: GitDaemon
-           ) -> Iterator[Remote]:
-    """A fresh ``blank`` lab on each kind of remote; fsck'd after the test."""
-    rem = _make_remote(request.param, tmp_path, git_daemon, "blank")
+def _remote_for_test(kind: str, tmp_path: Path, git_daemon: GitDaemon) -> Iterator[Remote]:
+    """A fresh ``blank`` lab; fsck'd after the test, and removed if it was served."""
+    rem = _make_remote(kind, tmp_path, git_daemon, "blank")
     yield rem
     rem.fsck()
     if rem.kind == "daemon":
         shutil.rmtree(rem.bare, ignore_errors=True)
+
+
+@pytest.fixture(params=["path", "daemon"])
+def remote(request: pytest.FixtureRequest, tmp_path: Path, git_daemon: GitDaemon
+           ) -> Iterator[Remote]:
+    """A fresh ``blank`` lab on each kind of remote; fsck'd after the test."""
+    yield from _remote_for_test(request.param, tmp_path, git_daemon)
 
 
 @pytest.fixture(params=["path", "file", "daemon"])
 def any_remote(request: pytest.FixtureRequest, tmp_path: Path, git_daemon: GitDaemon
                ) -> Iterator[Remote]:
     """Like ``remote``, plus ``file://`` URLs (for the store conformance suite)."""
-    rem = _make_remote(request.param, tmp_path, git_daemon, "blank")
-    yield rem
-    rem.fsck()
-    if rem.kind == "daemon":
-        shutil.rmtree(rem.bare, ignore_errors=True)
+    yield from _remote_for_test(request.param, tmp_path, git_daemon)
 
 
 @pytest.fixture
 def daemon_remote(tmp_path: Path, git_daemon: GitDaemon) -> Iterator[Remote]:
-    rem = _make_remote("daemon", tmp_path, git_daemon, "blank")
-    yield rem
-    rem.fsck()
-    shutil.rmtree(rem.bare, ignore_errors=True)
+    yield from _remote_for_test("daemon", tmp_path, git_daemon)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
