@@ -155,9 +155,11 @@ class Lab:
         Returns:
             ``(view decided on, new main commit or None, change.result)``.
         """
-        for n in self.backoff.delays():
-            if view is None or n > 0:
+        fresh = view is not None
+        for _ in self.backoff.delays():
+            if not fresh or view is None:
                 view = self.read()
+            fresh = False
             change = decide(view)
             if change is None:
                 return view, None, None
@@ -165,8 +167,13 @@ class Lab:
             try:
                 self._retry_transport(lambda c=commit, v=view: self.store.cas_main(c, v.main))
             except Conflict:
-                self.stats["conflicts"] += 1
-                continue
+                # A push whose reply was lost and that is then retried reports a stale
+                # lease although it landed: main holding our commit means we won.
+                latest = self.read()
+                if latest.main != commit:
+                    self.stats["conflicts"] += 1
+                    view, fresh = latest, True
+                    continue
             self.stats["main_commits"] += 1
             self._last = None  # our own write made the cached view stale
             return view, commit, change.result
