@@ -144,17 +144,17 @@ class Worker:
         head = store.make_commit(patch_commit, FileChange(), message, agent=self.lab.agent)
         ref = f"refs/heads/{tx.branch_name(claim.experiment_id)}"
         try:
-            store.push_ref(ref, head, None)
+            self.lab._retry_transport(lambda: store.push_ref(ref, head, None))
         except Conflict:
             # An earlier attempt left its branch; replace it only while we hold the lease.
             exp = self.lab.read().state.experiments[claim.experiment_id]
             if exp.attempt != claim.attempt or exp.state != "claimed":
-                return head
+                return None  # we are stale: leave the current attempt's branch alone
             current = store.fetch_ref(ref)
             try:
-                store.push_ref(ref, head, current)
+                self.lab._retry_transport(lambda: store.push_ref(ref, head, current))
             except Conflict:
-                return head
+                return None  # another attempt owns the branch: we have no pushed head
         return head
 
     def _record(self, cycle: Cycle) -> None:

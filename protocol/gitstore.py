@@ -43,7 +43,7 @@ from autolab.protocol.store import MAIN, RECORD_PREFIX, FileChange, LabStore, Sn
 _TRACK = "refs/remotes/origin/"
 _GIT_TIMEOUT = float(os.environ.get("AUTOLAB_GIT_TIMEOUT", "120"))
 # Rejections that mean "another writer won", as opposed to a broken transport.
-_LOST_RACE = ("stale info", "fetch first", "non-fast-forward", "already exists", "rejected")
+_LOST_RACE = ("stale info", "fetch first", "non-fast-forward", "already exists")
 
 
 def cache_root() -> Path:
@@ -186,9 +186,11 @@ class GitStore(LabStore):
         remote = self._remote
         assert remote is not None
         try:
-            main = remote.references.get(MAIN)
+            # Records first, then main (as a fetch's advertisement lists them): a record
+            # missing here was deleted after it was folded, so main read next has it.
             records = {name: str(remote.references[name].target)
                        for name in remote.references if name.startswith(RECORD_PREFIX)}
+            main = remote.references.get(MAIN)
         except (pygit2.GitError, KeyError, OSError) as exc:
             raise TransportError(f"cannot read {redact(self.url)}: {exc}") from None
         if main is None:
@@ -236,7 +238,17 @@ class GitStore(LabStore):
         return Snapshot(main=str(main.target), records=records, fetched_at=started)
 
     def _tree(self, commit: str) -> pygit2.Tree:
-        return self.repo[commit].peel(pygit2.Tree)
+        try:
+            return self.repo[commit].peel(pygit2.Tree)
+        except (KeyError, ValueError):
+            raise LabError(f"commit {commit[:12]} is not in the cache of "
+                           f"{redact(self.url)}") from None
+
+    def is_ancestor(self, ancestor: str, commit: str) -> bool:
+        try:
+            return ancestor == commit or self.repo.descendant_of(commit, ancestor)
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
 
     def list_dir(self, commit: str, path: str) -> dict[str, str]:
         tree = self._tree(commit)
@@ -328,10 +340,7 @@ class GitStore(LabStore):
     def _push_one(self, ref: str, commit: str, expected: str | None) -> None:
         lease = f"--force-with-lease={ref}:{expected or ''}"
         flag, summary = self._push(lease, f"{commit}:{ref}").get(ref, ("!", "no status"))
-        if flag == "!":
-            if any(word in summary for word in _LOST_RACE):
-                raise Conflict(ref, f"{ref}: {summary}")
-            raise TransportError(f"push of {ref} to {redact(self.url)} failed: {summary}")
+        _raise_for(flag, summary, ref, self.url)
 
     def cas_main(self, new: str, expected: str) -> None:
         self._push_one(MAIN, new, expected)
@@ -341,10 +350,7 @@ class GitStore(LabStore):
 
     def _spooled(self, ref: str, commit: str, expected: str | None) -> None:
         flag, summary = self._group_push(ref, commit, expected)
-        if flag == "!":
-            if any(word in summary for word in _LOST_RACE):
-                raise Conflict(ref, f"{ref}: {summary}")
-            raise TransportError(f"push of {ref} to {redact(self.url)} failed: {summary}")
+        _raise_for(flag, summary, ref, self.url)
 
     def try_exclusive(self, seconds: float) -> bool:
         """True for at most one caller per host per ``seconds`` (e.g. who folds now)."""
@@ -402,7 +408,14 @@ class GitStore(LabStore):
     def _lead_push(self) -> None:
         """Push every spooled request (push lock held); one request per ref per round."""
         batch: dict[str, tuple[Path, str, str | None]] = {}
+        stale = time.time() - 2 * _GIT_TIMEOUT
+        for leftover in self._spool.glob("*.res"):
+            if _nonce_time(leftover) < stale:  # its requester gave up long ago
+                leftover.unlink(missing_ok=True)
         for request in sorted(self._spool.glob("*.req")):
+            if _nonce_time(request) < stale:  # its requester died: do not act for it
+                request.unlink(missing_ok=True)
+                continue
             try:
                 ref, commit, expected = json.loads(request.read_text())
             except (OSError, ValueError):
@@ -451,10 +464,27 @@ class GitStore(LabStore):
         return str(found.target) if found else None
 
 
+def _raise_for(flag: str, summary: str, ref: str, url: str) -> None:
+    """Turn a porcelain push status into Conflict (lost race) or TransportError."""
+    if flag != "!":
+        return
+    if "remote rejected" not in summary and any(word in summary for word in _LOST_RACE):
+        raise Conflict(ref, f"{ref}: {summary}")
+    raise TransportError(f"push of {ref} to {redact(url)} failed: {summary}")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _nonce_time(path: Path) -> float:
+    """Wall-clock time a spool request was made (its name starts with time_ns)."""
+    try:
+        return int(path.name.split("-", 1)[0]) / 1e9
+    except ValueError:
+        return 0.0
 
 
 def _read_stamp(path: Path) -> float | None:

@@ -103,6 +103,7 @@ class Lab:
         self.stats = {"conflicts": 0, "main_commits": 0, "records": 0, "folds": 0}
         self._last: LabView | None = None
         self._folded: object = None
+        self._seen_folded: dict[tuple[str, str], float] = {}
 
     @classmethod
     def open(cls, url: str, agent: str | None = None, **kwargs: Any) -> Lab:
@@ -170,7 +171,7 @@ class Lab:
                 # A push whose reply was lost and that is then retried reports a stale
                 # lease although it landed: main holding our commit means we won.
                 latest = self.read()
-                if latest.main != commit:
+                if not self.store.is_ancestor(commit, latest.main):
                     self.stats["conflicts"] += 1
                     view, fresh = latest, True
                     continue
@@ -255,15 +256,28 @@ class Lab:
                 self.store.cas_main(candidate, view.main)
                 commit = candidate
                 self.stats["folds"] += 1
+                self._last = None
             except (Conflict, TransportError):
                 self.stats["conflicts"] += 1
         self.delete_folded(view)
         return commit
 
     def delete_folded(self, view: LabView) -> list[str]:
-        """Delete record refs folded into ``view.main`` more than ``ref_grace`` ago."""
-        horizon = time.time() - self.ref_grace
-        old = {r.ref: r.commit for r in view.records if r.on_main and r.time < horizon}
+        """Delete record refs this agent has seen folded on ``main`` for ``ref_grace``.
+
+        The grace is timed on this agent's own monotonic clock from when it first saw
+        the rows on ``main`` (never from another host's clock), so a record is deleted
+        at least ``ref_grace`` after it existed. Short-lived agents never delete.
+        """
+        moment = time.monotonic()
+        live = {(r.ref, r.commit) for r in view.records}
+        for key in [k for k in self._seen_folded if k not in live]:
+            del self._seen_folded[key]  # gone: deleted by another agent
+        for record in view.records:
+            if record.on_main:
+                self._seen_folded.setdefault((record.ref, record.commit), moment)
+        old = {ref: commit for (ref, commit), seen in self._seen_folded.items()
+               if moment - seen >= self.ref_grace}
         if not old:
             return []
         try:

@@ -113,6 +113,10 @@ class LabStore(ABC):
     def export(self, commit: str, dest: str) -> None:
         """Write the files of ``commit`` into the directory ``dest`` (no checkout)."""
 
+    def is_ancestor(self, ancestor: str, commit: str) -> bool:
+        """True if ``ancestor`` is ``commit`` or one of its ancestors."""
+        return ancestor == commit
+
     def has_commit(self, commit: str) -> bool:
         """True if ``commit``'s objects are in the local store already."""
         return False

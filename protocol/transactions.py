@@ -380,8 +380,10 @@ def promote(lab: Lab, experiment_id: str) -> Promotion:
         head = result["branch_commit"]
         if head not in fetched and not lab.store.has_commit(head):
             got = lab.store.fetch_ref(f"refs/heads/{branch_name(experiment_id)}")
-            if got is None:
-                raise AutoLabError(f"branch {branch_name(experiment_id)} not found on the lab")
+            if got is None or not lab.store.has_commit(head):
+                outcome.reason = (f"result commit {head[:12]} is not on branch "
+                                  f"{branch_name(experiment_id)}")
+                return None
             fetched.add(head)
         editable = view.config.editable
         theirs = {p: b for p, b in lab.store.list_files(head).items() if matches(p, editable)}

@@ -79,3 +79,20 @@ def test_cache_is_rebuilt_when_damaged(any_remote):
 def test_missing_lab_is_a_clear_error(tmp_path):
     with pytest.raises(LabError, match="no such lab"):
         GitStore(str(tmp_path / "nowhere.git")).refresh()
+
+
+def test_a_refusing_server_is_an_error_not_a_lost_race(any_remote):
+    from autolab.protocol.errors import TransportError
+
+    store = GitStore(any_remote.url)
+    base = store.refresh().main
+    hook = any_remote.bare / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'refused by policy' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    record = store.make_commit(None, FileChange(add={"r/x": b"1"}), "one")
+    with pytest.raises(TransportError, match="declined|rejected"):
+        store.create_ref("refs/autolab/claims/0001/1", record)
+    new = store.make_commit(base, FileChange(add={"a.txt": b"a"}), "a")
+    with pytest.raises(TransportError):
+        store.cas_main(new, base)
+    hook.unlink()

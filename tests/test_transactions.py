@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from datetime import timedelta
 
 import pytest
@@ -183,3 +184,15 @@ def test_score_with_another_harness_is_never_promoted(remote):
     outcome = tx.promote(lab, won.experiment_id)
     assert not outcome.promoted and "harness" in outcome.reason
     assert lab.read().state.promotions == []
+
+
+def test_grace_runs_from_when_the_fold_was_seen_not_from_the_records_age(remote):
+    lab = Lab.open(remote.url, "reporter", ref_grace=1.0)
+    propose_x(lab, 1.0)
+    tx.claim(lab)
+    time.sleep(1.2)  # the record is older than the grace before it is even folded
+    lab.fold(force=True)
+    assert lab.delete_folded(lab.read()) == []  # just seen on main: kept
+    time.sleep(1.1)
+    assert lab.delete_folded(lab.read()) == ["refs/autolab/claims/0001/1"]
+    assert lab.read().state.experiments["0001"].state == "claimed"

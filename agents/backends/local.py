@@ -7,6 +7,7 @@ capped in size, and on timeout the whole group is killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ from autolab.agents.backends.base import Backend, RunRequest, RunResult
 from autolab.agents.summary import classify, parse_summary
 
 LOG_CAP_BYTES = 20 * 1024 * 1024
-_TAIL_LINES = 400
+_TAIL_BYTES = 256 * 1024  # the end of the output, kept to parse the summary block
 # Variables a program needs to start at all; everything else must be granted by the
 # lab's [run.env] table.
 _PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "USER",
@@ -50,7 +51,7 @@ class LocalBackend(Backend):
             )
         except OSError as exc:
             return RunResult("crash", None, {}, f"cannot start: {exc}", 0.0, log_path)
-        tail: deque[bytes] = deque(maxlen=_TAIL_LINES)
+        tail: deque[bytes] = deque()
         pump = threading.Thread(target=_pump, args=(proc, log_path, tail), daemon=True)
         pump.start()
         timed_out = False
@@ -58,11 +59,13 @@ class LocalBackend(Backend):
             proc.wait(timeout=request.timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
+        finally:
+            # Always, even after a clean exit or when the worker is being stopped: no
+            # process of the run (background children included) outlives it.
             kill_group(proc)
-        except BaseException:
-            kill_group(proc)  # the worker is being stopped: never leave the run behind
-            raise
-        pump.join(timeout=5)
+            pump.join(timeout=5)
+            if proc.stdout is not None:
+                proc.stdout.close()
         runtime = time.monotonic() - start
         text = b"".join(tail).decode(errors="replace")
         summary = parse_summary(text)
@@ -79,31 +82,50 @@ class LocalBackend(Backend):
         return RunResult(status, metric, summary.metrics, reason, runtime, log_path, 0)
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL it if it lingers."""
-    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    """End the run's whole process group: SIGTERM, then SIGKILL whatever lingers."""
+    if proc.poll() is None or _group_alive(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            time.sleep(0.05)
+    if _group_alive(proc.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
 
 
 def _pump(proc: subprocess.Popen, log_path: Path, tail: deque[bytes]) -> None:
-    """Copy output to the log (up to the cap) and keep the last lines for parsing."""
-    written = 0
+    """Copy output to the log up to the cap, and keep its last bytes for parsing.
+
+    Reads in chunks, so a run printing gigabytes (or one endless line) costs bounded
+    memory; past the cap only the tail is kept, and written at the end.
+    """
+    written = kept = total = 0
     assert proc.stdout is not None
     with open(log_path, "wb") as log:
-        for line in proc.stdout:
-            tail.append(line)
+        while True:
+            chunk = proc.stdout.read1(65536)  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            tail.append(chunk)
+            kept += len(chunk)
+            total += len(chunk)
+            while kept - len(tail[0]) >= _TAIL_BYTES:
+                kept -= len(tail.popleft())
             if written < LOG_CAP_BYTES:
-                log.write(line[: LOG_CAP_BYTES - written])
-                written += len(line)
-                if written >= LOG_CAP_BYTES:
-                    log.write(b"\n[autolab: log capped here; the tail is kept below]\n")
-        if written >= LOG_CAP_BYTES:
+                log.write(chunk[: LOG_CAP_BYTES - written])
+                written += len(chunk)
+        if total > written:
+            log.write(b"\n[autolab: log capped here; its last bytes follow]\n")
             log.writelines(tail)
