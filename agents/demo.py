@@ -104,7 +104,7 @@ def run_demo(*, workers: int = 2, minutes: float = 3.0, directory: Path | None =
     for exp in view.state.experiments.values():
         if not exp.terminal:
             tx.cancel(lab, exp.id, "the demo ended before it ran")
-    lab.fold(force=True)
+    lab.fold(always=True)
     report = DemoReport(root, lab_path, time.monotonic() - start)
     stats = root / "cycles.jsonl"
     if stats.exists():

@@ -14,7 +14,7 @@ def report_once(lab: Lab, say: Callable[[str], None] = print) -> None:
     view = lab.read()
     for reaped in tx.reap(lab, view):
         say(f"{reaped.event} {reaped.experiment_id} attempt {reaped.attempt}: lease expired")
-    if lab.fold(view, force=True):
+    if lab.fold(view, always=True):
         say(f"folded {len(view.pending)} record(s) into main")
     if max(len(files) for files in view.main_shards.values()) >= COMPACT_AT:
         report = tx.compact(lab)

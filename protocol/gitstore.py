@@ -12,21 +12,18 @@ Agents on one host share the cache and *group* their round trips:
 
 * fetches are serialized by a ``filelock``, and an agent that asked for state at time
   ``t`` is served by any fetch that started after ``t``;
-* record-ref creations are spooled, and whichever agent holds the push lock pushes
-  every spooled request in one ``git push`` (group commit). Each ref keeps its own
-  create-only lease, so the outcome per ref is exactly what a lone push would give.
+* record-ref creations and branch pushes go through a push spool
+  (:mod:`autolab.protocol.push_spool`): one ``git push`` carries every pending update
+  of the host, each with its own lease.
 
 So N agents on a host cost far fewer than N fetches and N pushes.
 """
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import time
@@ -37,6 +34,7 @@ import pygit2
 from filelock import FileLock, Timeout
 
 from autolab.protocol.errors import Conflict, LabError, TransportError
+from autolab.protocol.push_spool import PushSpool, write_atomic
 from autolab.protocol.redact import redact
 from autolab.protocol.store import MAIN, RECORD_PREFIX, FileChange, LabStore, Snapshot
 
@@ -87,7 +85,7 @@ class GitStore(LabStore):
         # slices, which is most of a claim's latency.
         self._lock = FileLock(str(self.path) + ".lock", poll_interval=0.005)
         self._stamp = Path(str(self.path) + ".fetched")
-        self._spool = Path(str(self.path) + ".spool")
+        self._spool = PushSpool(Path(str(self.path) + ".spool"), self._push, _GIT_TIMEOUT)
         self._fold_lock = FileLock(str(self.path) + ".fold.lock")
         self._repo: pygit2.Repository | None = None
         # Over git://, protocol v2's extra request/response turn stalls on TCP delayed
@@ -145,7 +143,7 @@ class GitStore(LabStore):
         alternates = cache / "objects" / "info" / "alternates"
         if not alternates.exists() or alternates.read_text().strip() != str(objects):
             alternates.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomic(alternates, f"{objects}\n")
+            write_atomic(alternates, f"{objects}\n")
 
     def _git(self, *args: str, cwd: Path | None | str = "", check: bool = True,
              timeout: float = _GIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -349,7 +347,7 @@ class GitStore(LabStore):
         self._spooled(ref, commit, None)
 
     def _spooled(self, ref: str, commit: str, expected: str | None) -> None:
-        flag, summary = self._group_push(ref, commit, expected)
+        flag, summary = self._spool.push(ref, commit, expected)
         _raise_for(flag, summary, ref, self.url)
 
     def try_exclusive(self, seconds: float) -> bool:
@@ -364,76 +362,6 @@ class GitStore(LabStore):
                 return True
         except Timeout:
             return False
-
-    # -- group commit of record refs -------------------------------------------------
-
-    def _group_push(self, ref: str, commit: str, expected: str | None) -> tuple[str, str]:
-        """Move ``ref`` from ``expected`` (None: absent) to ``commit`` via the host's spool.
-
-        The request is a file in the spool; the agent holding the push lock pushes all
-        pending requests at once and writes each requester's result file. A leader that
-        dies mid-push leaves its requests in the spool for the next one; pushing them
-        again is harmless (each commit is unique to its writer, so "up to date" means
-        that writer won).
-        """
-        self._spool.mkdir(parents=True, exist_ok=True)
-        nonce = f"{time.time_ns():020d}-{secrets.token_hex(6)}"
-        request, result = self._spool / f"{nonce}.req", self._spool / f"{nonce}.res"
-        _write_atomic(request, json.dumps([ref, commit, expected]))
-        # Whoever gets the lock pushes the whole spool. Waiters poll for their answer
-        # rather than queueing on the lock: a blocking lock would hand it to every
-        # served waiter in turn, a convoy that costs more than the push itself.
-        deadline = time.monotonic() + 2 * _GIT_TIMEOUT
-        pause = 0.002  # grows while we wait: a push round takes tens of milliseconds
-        with open(str(self.path) + ".push.lock", "a") as handle:
-            while not result.exists():
-                if time.monotonic() > deadline:
-                    request.unlink(missing_ok=True)
-                    raise TransportError(f"push of {ref} to {redact(self.url)} timed out")
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    time.sleep(pause)
-                    pause = min(0.02, pause * 1.5)
-                    continue
-                try:
-                    if not result.exists():
-                        self._lead_push()
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
-        answer = json.loads(result.read_text())
-        result.unlink(missing_ok=True)
-        return answer[0], answer[1]
-
-    def _lead_push(self) -> None:
-        """Push every spooled request (push lock held); one request per ref per round."""
-        batch: dict[str, tuple[Path, str, str | None]] = {}
-        stale = time.time() - 2 * _GIT_TIMEOUT
-        for leftover in self._spool.glob("*.res"):
-            if _nonce_time(leftover) < stale:  # its requester gave up long ago
-                leftover.unlink(missing_ok=True)
-        for request in sorted(self._spool.glob("*.req")):
-            if _nonce_time(request) < stale:  # its requester died: do not act for it
-                request.unlink(missing_ok=True)
-                continue
-            try:
-                ref, commit, expected = json.loads(request.read_text())
-            except (OSError, ValueError):
-                continue  # being written, or gone
-            batch.setdefault(ref, (request, commit, expected))
-        if not batch:
-            return
-        specs = [f"--force-with-lease={ref}:{expected or ''}"
-                 for ref, (_, _, expected) in batch.items()]
-        specs += [f"{commit}:{ref}" for ref, (_, commit, _) in batch.items()]
-        try:
-            status = self._push(*specs)
-        except TransportError as exc:
-            status = {ref: ("!", f"transport: {exc}") for ref in batch}
-        for ref, (request, _, _) in batch.items():
-            flag, summary = status.get(ref, ("!", "no status from git push"))
-            _write_atomic(request.with_suffix(".res"), json.dumps([flag, summary]))
-            request.unlink(missing_ok=True)
 
     def push_ref(self, ref: str, commit: str, expected: str | None) -> None:
         self._spooled(ref, commit, expected)
@@ -471,20 +399,6 @@ def _raise_for(flag: str, summary: str, ref: str, url: str) -> None:
     if "remote rejected" not in summary and any(word in summary for word in _LOST_RACE):
         raise Conflict(ref, f"{ref}: {summary}")
     raise TransportError(f"push of {ref} to {redact(url)} failed: {summary}")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _nonce_time(path: Path) -> float:
-    """Wall-clock time a spool request was made (its name starts with time_ns)."""
-    try:
-        return int(path.name.split("-", 1)[0]) / 1e9
-    except ValueError:
-        return 0.0
 
 
 def _read_stamp(path: Path) -> float | None:

@@ -234,14 +234,14 @@ class Lab:
         self.stats["records"] += 1
         return commit
 
-    def fold(self, view: LabView | None = None, *, force: bool = False) -> str | None:
+    def fold(self, view: LabView | None = None, *, always: bool = False) -> str | None:
         """Fold pending record refs into ``main`` and delete long-folded ones.
 
         Best effort: one attempt; losing the race is fine (the winner folded them).
         Returns the new main commit, or None if nothing was folded.
         """
         view = view or self.read()
-        if view.snapshot is self._folded and not force:
+        if view.snapshot is self._folded and not always:
             return None  # already acted on this snapshot (cached views are reused)
         self._folded = view.snapshot
         commit = None
@@ -249,7 +249,7 @@ class Lab:
         # second does, and only a random quarter of hosts' agents that get there.
         due = (len(view.pending) >= self.fold_threshold and random.random() < 0.25
                and self.store.try_exclusive(1.0))
-        if view.pending and (force or due):
+        if view.pending and (always or due):
             change = MainChange(message=f"fold {len(view.pending)} record(s)")
             candidate = self.build_main_commit(view, change)
             try:

@@ -38,7 +38,7 @@ def _busy_lab(url: str) -> Lab:
 
 def test_fold_is_independent_of_row_and_file_order(daemon_remote):
     lab = _busy_lab(daemon_remote.url)
-    lab.fold(force=True)
+    lab.fold(always=True)
     view = lab.read()
     rows = {t: [dict(r) for r in view._rows[t]] for t in ("queue", "scores", "ideas")}
     reference = _signature(view.state)
@@ -72,5 +72,5 @@ def test_listing_order_of_shards_does_not_matter(daemon_remote):
                               snapshot.fetched_at)
     assert _signature(read_view(other, snapshot).state) == _signature(view.state)
     # and folding every record onto main changes nothing either
-    lab.fold(view, force=True)
+    lab.fold(view, always=True)
     assert _signature(lab.read().state)[:3] == _signature(view.state)[:3]

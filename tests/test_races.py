@@ -43,7 +43,7 @@ def test_eight_processes_claim_forty_experiments_exactly_once(remote, tmp_path):
         claimed += [(json.loads(line)["experiment_id"], f"p{n}") for line in out.splitlines()]
     won = [eid for eid, _ in claimed]
     assert sorted(won) == sorted(ids)  # all 40, each exactly once
-    lab.fold(force=True)
+    lab.fold(always=True)
     state = lab.read().state
     assert not state.anomalies
     assert {e.id: e.agent for e in state.experiments.values()} == dict(claimed)
@@ -77,7 +77,7 @@ def test_eight_processes_submit_eighty_scores_all_land_on_main(remote, tmp_path)
             for n, chunk in enumerate(chunks)
         ])
     assert [o for r in results for o in r] == ["recorded"] * 80
-    lab.fold(force=True)
+    lab.fold(always=True)
     main = _checkout_main(remote, tmp_path / "main")
     con = duckdb.connect()
     rows = con.execute(

@@ -26,7 +26,7 @@ def _reap_and_compact(url: str, cache: str, agent: str, barrier) -> int:
     reaped = 0
     for _ in range(3):
         reaped += len(tx.reap(lab))
-        lab.fold(force=True)
+        lab.fold(always=True)
         tx.compact(lab)
     return reaped
 
@@ -58,7 +58,7 @@ def test_concurrent_reapers_and_compactors(remote, tmp_path):
         ])
     assert sum(counts) == 12  # each expired lease reaped exactly once, across processes
 
-    lab.fold(force=True)
+    lab.fold(always=True)
     after = lab.read()
     expired = Counter((r["experiment_id"], r["attempt"])
                       for r in after.table("queue").to_pylist() if r["event"] == "expired")

@@ -54,7 +54,7 @@ def test_claim_submit_is_idempotent_and_mismatch_fails(remote):
     other = tx.make_score("0001", 1, status="ok", metric=5.0)
     with pytest.raises(ResultMismatch):
         tx.submit(lab, other)
-    lab.fold(force=True)
+    lab.fold(always=True)
     state = lab.read().state
     assert state.experiments["0001"].state == "done"
     assert [s["metric"] for s in state.scores] == [4.0]
@@ -137,7 +137,7 @@ def test_compaction_keeps_every_row_and_the_state(remote):
     propose_x(lab, 5.0)
     for _ in range(3):
         finish(lab, tx.claim(lab), 2.0, promote=False)
-    lab.fold(force=True)
+    lab.fold(always=True)
     before = lab.read()
     rows = {t: before.table(t).num_rows for t in ("queue", "scores")}
     report = tx.compact(lab)
@@ -161,10 +161,10 @@ def test_folded_record_refs_are_deleted_after_the_grace_period(remote):
     tx.claim(lab)
     before = lab.read()
     assert len(before.records) == 3 and len(before.pending) == 3
-    lab.fold(before, force=True)  # rows onto main; the refs stay until seen folded
+    lab.fold(before, always=True)  # rows onto main; the refs stay until seen folded
     middle = lab.read()
     assert len(middle.records) == 3 and not middle.pending
-    lab.fold(middle, force=True)
+    lab.fold(middle, always=True)
     after = lab.read()
     assert after.records == [] and remote.git("for-each-ref", "refs/autolab") == ""
     assert {k: e.to_dict() for k, e in after.state.experiments.items()} == {
@@ -191,7 +191,7 @@ def test_grace_runs_from_when_the_fold_was_seen_not_from_the_records_age(remote)
     propose_x(lab, 1.0)
     tx.claim(lab)
     time.sleep(1.2)  # the record is older than the grace before it is even folded
-    lab.fold(force=True)
+    lab.fold(always=True)
     assert lab.delete_folded(lab.read()) == []  # just seen on main: kept
     time.sleep(1.1)
     assert lab.delete_folded(lab.read()) == ["refs/autolab/claims/0001/1"]

@@ -150,7 +150,7 @@ def compact(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False
     from autolab.protocol.transactions import compact as do_compact
 
     the_lab = open_lab(lab, agent)
-    the_lab.fold(force=True)
+    the_lab.fold(always=True)
     report = do_compact(the_lab)
     if as_json:
         print_json(report.__dict__)
