@@ -41,8 +41,10 @@ def status(view: LabView, *, recent: int = 10) -> dict[str, Any]:
     gap = None
     if best and config.floor is not None:
         gap = best["metric"] - config.floor
+    from autolab.protocol.redact import redact
+
     return {
-        "lab": view.store.url, "main": view.main, "metric": config.metric,
+        "lab": redact(view.store.url), "main": view.main, "metric": config.metric,
         "direction": config.direction,
         "counts": {k: counts.get(k, 0) for k in ("queued", "claimed", "done", "failed",
                                                  "cancelled")},
