@@ -85,6 +85,7 @@ class GitStore(LabStore):
         # slices, which is most of a claim's latency.
         self._lock = FileLock(str(self.path) + ".lock", poll_interval=0.005)
         self._stamp = Path(str(self.path) + ".fetched")
+        self._seen_main = Path(str(self.path) + ".main")
         self._spool = PushSpool(Path(str(self.path) + ".spool"), self._push, _GIT_TIMEOUT)
         self._fold_lock = FileLock(str(self.path) + ".fold.lock")
         self._repo: pygit2.Repository | None = None
@@ -169,14 +170,37 @@ class GitStore(LabStore):
         requested = time.time() if since is None else since
         repo = self.repo
         if self._remote is not None:
-            return self._read_local_remote(time.time())
+            return self._checked(self._read_local_remote(time.time()))
         with self._lock:
             started = _read_stamp(self._stamp)
             if started is None or started < requested:
                 started = time.time()
                 self._fetch_state()
                 self._stamp.write_text(repr(started))
-            return self._read_snapshot(repo, started)
+            return self._checked(self._read_snapshot(repo, started))
+
+    def _checked(self, snapshot: Snapshot) -> Snapshot:
+        """Refuse to follow a ``main`` that no longer contains the last one seen here.
+
+        ``main`` only ever moves forward; a rewrite (a force-push) could drop rows
+        and promotions, so it is reported instead of followed, until someone looks at
+        it and runs ``autolab doctor --accept-rewrite``.
+        """
+        seen = self._seen_main.read_text().strip() if self._seen_main.exists() else ""
+        if seen and seen != snapshot.main and not self.is_ancestor(seen, snapshot.main):
+            raise LabError(
+                f"main of {redact(self.url)} was rewritten: {snapshot.main[:12]} does not "
+                f"contain {seen[:12]}, the main seen before (force-push?); inspect it, then "
+                f"run `autolab doctor --accept-rewrite` to follow the new main"
+            )
+        if seen != snapshot.main:
+            write_atomic(self._seen_main, snapshot.main)
+        return snapshot
+
+    def accept_rewrite(self) -> str:
+        """Follow the remote's current ``main`` even if it rewrote history."""
+        self._seen_main.unlink(missing_ok=True)
+        return self.refresh().main
 
     def _read_local_remote(self, started: float) -> Snapshot:
         """Read a lab on this filesystem directly: its refs, and its objects through the

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from autolab.protocol.errors import ShardError
+from autolab.protocol.errors import LabError, ShardError
 from autolab.protocol.lab import Lab
 
 from .conftest import run_cli
@@ -86,3 +86,22 @@ def test_doctor_is_clean_on_a_healthy_lab(remote):
     proc = run_cli("doctor", "--lab", remote.url, "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert '"ok": true' in proc.stdout
+
+
+def test_rewritten_main_is_reported_not_followed(daemon_remote, tmp_path):
+    lab = Lab.open(daemon_remote.url, "agent")
+    propose_x(lab, 1.0)
+    first = lab.read().main
+    propose_x(lab, 2.0)
+    lab.read()
+    daemon_remote.git("update-ref", "refs/heads/main", first)  # a force-push elsewhere
+    other = daemon_remote.git("commit-tree", "-p", first, "-m", "rewritten",
+                              f"{first}^{{tree}}")
+    daemon_remote.git("update-ref", "refs/heads/main", other)
+    with pytest.raises(LabError, match="rewritten"):
+        Lab.open(daemon_remote.url, "agent").read()
+    proc = run_cli("doctor", "--lab", daemon_remote.url)
+    assert proc.returncode == 1 and "was rewritten" in proc.stdout
+    proc = run_cli("doctor", "--lab", daemon_remote.url, "--accept-rewrite")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert Lab.open(daemon_remote.url, "agent").read().main == other

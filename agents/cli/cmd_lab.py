@@ -26,13 +26,29 @@ def init(
                + (" (bare: use it as --lab)" if bare else ""))
 
 
-def doctor(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
+def doctor(
+    lab: LabOpt = None, as_json: JsonOpt = False,
+    accept_rewrite: Annotated[bool, typer.Option(
+        "--accept-rewrite", help="Follow a main that was rewritten (force-pushed) after "
+        "you have inspected it.")] = False,
+) -> None:
     """Check every shard, record ref and invariant of a lab; exit 1 on errors."""
     from autolab.protocol.doctor import check
+    from autolab.protocol.errors import LabError
     from autolab.protocol.gitstore import GitStore
 
     store = GitStore(resolve_lab(lab))
-    report = check(store, store.refresh())
+    if accept_rewrite:
+        typer.echo(f"following main at {store.accept_rewrite()[:12]}")
+    try:
+        snapshot = store.refresh()
+    except LabError as exc:
+        if as_json:
+            print_json({"ok": False, "findings": [{"level": "error", "message": str(exc)}]})
+        else:
+            typer.echo(f"error: {exc}")
+        raise typer.Exit(1) from None
+    report = check(store, snapshot)
     if as_json:
         print_json(report.to_dict())
     else:
