@@ -144,7 +144,7 @@ class Worker:
         head = store.make_commit(patch_commit, FileChange(), message, agent=self.lab.agent)
         ref = f"refs/heads/{tx.branch_name(claim.experiment_id)}"
         try:
-            self.lab._retry_transport(lambda: store.push_ref(ref, head, None))
+            self.lab.retry_transport(lambda: store.push_ref(ref, head, None))
         except Conflict:
             # An earlier attempt left its branch; replace it only while we hold the lease.
             exp = self.lab.read().state.experiments[claim.experiment_id]
@@ -152,7 +152,7 @@ class Worker:
                 return None  # we are stale: leave the current attempt's branch alone
             current = store.fetch_ref(ref)
             try:
-                self.lab._retry_transport(lambda: store.push_ref(ref, head, current))
+                self.lab.retry_transport(lambda: store.push_ref(ref, head, current))
             except Conflict:
                 return None  # another attempt owns the branch: we have no pushed head
         return head

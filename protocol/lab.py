@@ -127,11 +127,11 @@ class Lab:
             time.time() - last.snapshot.fetched_at < max_age
         ):
             return last
-        snapshot = self._retry_transport(lambda: self.store.refresh(since=since))
+        snapshot = self.retry_transport(lambda: self.store.refresh(since=since))
         self._last = read_view(self.store, snapshot)
         return self._last
 
-    def _retry_transport(self, fn: Callable[[], Any]) -> Any:
+    def retry_transport(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn``, retrying transport failures (server restarts) with backoff."""
         last: TransportError | None = None
         for _ in Backoff(attempts=8, base=0.25, cap=4.0, deadline=60).delays():
@@ -166,7 +166,7 @@ class Lab:
                 return view, None, None
             commit = self.build_main_commit(view, change)
             try:
-                self._retry_transport(lambda c=commit, v=view: self.store.cas_main(c, v.main))
+                self.retry_transport(lambda c=commit, v=view: self.store.cas_main(c, v.main))
             except Conflict:
                 # A push whose reply was lost and that is then retried reports a stale
                 # lease although it landed: main holding our commit means we won.
@@ -230,7 +230,7 @@ class Lab:
             None, FileChange(add=add), f"{message}\n\nAutolab-Agent: {self.agent}\n",
             agent=self.agent,
         )
-        self._retry_transport(lambda: self.store.create_ref(ref, commit))
+        self.retry_transport(lambda: self.store.create_ref(ref, commit))
         self.stats["records"] += 1
         return commit
 
