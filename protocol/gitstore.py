@@ -322,9 +322,6 @@ class GitStore(LabStore):
         except (ValueError, pygit2.GitError):
             return False
 
-    def commit_time(self, commit: str) -> float:
-        return float(self.repo[commit].commit_time)
-
     # -- writes ----------------------------------------------------------------------
 
     def make_commit(self, parent: str | None, change: FileChange, message: str, *,

@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from autolab.protocol.errors import Conflict, TransportError
-from autolab.protocol.reader import LabView, read_view
+from autolab.protocol.reader import LabView, read_table, read_view
 from autolab.protocol.schemas import TABLES
 from autolab.protocol.shards import encode, encode_record, new_shard_name, with_seq
 from autolab.protocol.store import RECORD_PREFIX, FileChange, LabStore
@@ -186,10 +186,8 @@ class Lab:
         add: dict[str, bytes] = dict(change.files.add)
         pending = view.pending if change.fold_records else []
         for table in TABLES:
-            parts = [
-                t for r in pending for name, blob in r.shards if name.table == table
-                for t in [self._record_rows(view, name, blob, r.commit)]
-            ]
+            parts = [read_table(self.store, table, blob, name.path, r.commit)
+                     for r in pending for name, blob in r.shards if name.table == table]
             new_rows = change.rows.get(table, [])
             if new_rows:
                 parts.append(pa_table(table, [self._stamp_row(row) for row in new_rows]))
@@ -206,11 +204,6 @@ class Lab:
         message += f"\n\nAutolab-Agent: {self.agent}\n"
         return self.store.make_commit(view.main, files, message,
                                       merge_parent=change.merge_parent, agent=self.agent)
-
-    def _record_rows(self, view: LabView, name: Any, blob: str, commit: str) -> Any:
-        from autolab.protocol.reader import read_table
-
-        return read_table(self.store, name.table, blob, name.path, commit)
 
     def _stamp_row(self, row: dict[str, Any]) -> dict[str, Any]:
         return {"event_id": new_event_id(), "agent": self.agent, **row, "seq": None}

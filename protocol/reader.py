@@ -78,7 +78,6 @@ class Record:
 
     ref: str
     commit: str
-    time: float
     shards: tuple[tuple[ShardName, str], ...]  # (name, blob id)
     event_ids: frozenset[str]
     on_main: bool  # every row already folded onto main
@@ -154,12 +153,12 @@ def list_main_shards(store: LabStore, commit: str) -> dict[str, dict[str, str]]:
     return out
 
 
-_records: dict[str, tuple[float, tuple[tuple[ShardName, str], ...]]] = {}
+_records: dict[str, tuple[tuple[ShardName, str], ...]] = {}
 
 
 def _record_files(store: LabStore, ref: str, commit: str
-                  ) -> tuple[float, tuple[tuple[ShardName, str], ...]]:
-    """(commit time, shards) of a record commit; cached, since commits are immutable."""
+                  ) -> tuple[tuple[ShardName, str], ...]:
+    """Shards of a record commit; cached, since commits are immutable."""
     hit = _records.get(commit)
     if hit is not None:
         return hit
@@ -171,7 +170,7 @@ def _record_files(store: LabStore, ref: str, commit: str
         shards.append((name, blob))
     if len(_records) > _CACHE_SIZE:
         _records.clear()
-    _records[commit] = (store.commit_time(commit), tuple(sorted(shards, key=str)))
+    _records[commit] = tuple(sorted(shards, key=str))
     return _records[commit]
 
 
@@ -211,10 +210,9 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
     records: list[Record] = []
     listed = []
     for ref, commit in snapshot.records.items():
-        when, shards = _record_files(store, ref, commit)
-        listed.append((_causal_key(ref), when, ref, commit, shards))
+        listed.append((_causal_key(ref), ref, commit, _record_files(store, ref, commit)))
     listed.sort()
-    for index, (_, when, ref, commit, shards) in enumerate(listed):
+    for index, (_, ref, commit, shards) in enumerate(listed):
         ids: set[str] = set()
         fresh = False
         for name, blob in shards:
@@ -223,7 +221,7 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
                 if row["event_id"] not in on_main:
                     fresh = True
                     rows[name.table].append({**row, "_order": (1, index, i)})
-        records.append(Record(ref, commit, when, shards, frozenset(ids), on_main=not fresh))
+        records.append(Record(ref, commit, shards, frozenset(ids), on_main=not fresh))
     base = _main_states.get(main)
     if base is None:
         main_rows = {t: [r for r in rows[t] if r["_order"][0] == 0] for t in TABLES}

@@ -78,10 +78,6 @@ class LabStore(ABC):
         """Every file at ``commit`` (path -> blob id)."""
 
     @abstractmethod
-    def commit_time(self, commit: str) -> float:
-        """Commit timestamp (seconds since the epoch)."""
-
-    @abstractmethod
     def make_commit(
         self,
         parent: str | None,
