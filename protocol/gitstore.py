@@ -21,6 +21,7 @@ So N agents on a host cost far fewer than N fetches and N pushes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -42,6 +43,14 @@ _TRACK = "refs/remotes/origin/"
 _GIT_TIMEOUT = float(os.environ.get("AUTOLAB_GIT_TIMEOUT", "120"))
 # Rejections that mean "another writer won", as opposed to a broken transport.
 _LOST_RACE = ("stale info", "fetch first", "non-fast-forward", "already exists")
+# What git says when the *local* cache clone is broken (not the remote or the network).
+_LOCAL_DAMAGE = ("not a git repository", "corrupt", "bad object", "unable to read",
+                 "did not send all necessary objects", "invalid object", "packfile",
+                 "bad config", "unknown repository format", "missing blob", "missing tree")
+
+
+class CacheDamaged(TransportError):
+    """The host's cache clone of a lab is deleted or corrupted (it gets rebuilt)."""
 
 
 def cache_root() -> Path:
@@ -113,13 +122,10 @@ class GitStore(LabStore):
     def _ensure_cache(self) -> None:
         """Create the bare cache clone, or rebuild it if it is damaged (lock held)."""
         if self.path.exists():
-            try:
-                pygit2.Repository(str(self.path))
+            if self._cache_sane():
                 self._link_objects(self.path)
                 return
-            except (pygit2.GitError, KeyError):
-                shutil.rmtree(self.path, ignore_errors=True)
-                self._stamp.unlink(missing_ok=True)
+            self._discard_cache()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -133,6 +139,36 @@ class GitStore(LabStore):
             self._git("config", key, value, cwd=tmp)
         self._link_objects(tmp)
         os.replace(tmp, self.path)
+
+    def _cache_sane(self) -> bool:
+        """Cheap structural check: a bare repository right here, pointing at our lab."""
+        try:
+            repo = pygit2.Repository(str(self.path), pygit2.enums.RepositoryOpenFlag.NO_SEARCH)
+            return (repo.is_bare and Path(repo.path).resolve() == self.path.resolve()
+                    and repo.config["remote.origin.url"] == self.url)
+        except (pygit2.GitError, KeyError, ValueError, OSError):
+            return False
+
+    def _discard_cache(self) -> None:
+        """Move a damaged cache aside and delete it (lock held).
+
+        Renaming first means another agent of this host that still has files of the old
+        cache open keeps reading them, while every new open gets the rebuilt one.
+        """
+        aside = self.path.with_name(f"{self.path.name}.damaged{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        self._stamp.unlink(missing_ok=True)
+        self._repo = None
+
+    def _rebuild(self) -> pygit2.Repository:
+        """Replace a cache found damaged while in use (lock held); return it reopened."""
+        self._discard_cache()
+        self._ensure_cache()
+        self._repo = pygit2.Repository(str(self.path))
+        return self._repo
 
     def _link_objects(self, cache: Path) -> None:
         """Let the cache see a local lab's objects (git alternates)."""
@@ -158,6 +194,8 @@ class GitStore(LabStore):
             raise TransportError(
                 f"git {args[0]} timed out after {timeout:.0f}s on {redact(self.url)}"
             ) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise CacheDamaged(f"cache clone {where} is gone") from None
         if check and proc.returncode != 0:
             raise TransportError(
                 f"git {args[0]} failed on {redact(self.url)}: {redact(_last_line(proc.stderr))}"
@@ -173,11 +211,30 @@ class GitStore(LabStore):
             return self._checked(self._read_local_remote(time.time()))
         with self._lock:
             started = _read_stamp(self._stamp)
-            if started is None or started < requested:
+            if started is None or started < requested or not self.path.is_dir():
                 started = time.time()
-                self._fetch_state()
+                try:
+                    snapshot = self._fetch_snapshot(repo, started)
+                except CacheDamaged:
+                    # Deleted or corrupted under us (disk trouble, a stray rm): the cache
+                    # only ever holds copies of the lab's objects, so start it afresh.
+                    repo = self._rebuild()
+                    snapshot = self._fetch_snapshot(repo, started)
                 self._stamp.write_text(repr(started))
+                return self._checked(snapshot)
             return self._checked(self._read_snapshot(repo, started))
+
+    def _fetch_snapshot(self, repo: pygit2.Repository, started: float) -> Snapshot:
+        if not self.path.is_dir():
+            raise CacheDamaged("cache directory is gone")
+        self._fetch_state()
+        snapshot = self._read_snapshot(repo, started)
+        for commit in (snapshot.main, *snapshot.records.values()):
+            try:
+                repo[commit].peel(pygit2.Tree)
+            except (KeyError, ValueError, pygit2.GitError) as exc:
+                raise CacheDamaged(f"commit {commit[:12]} unreadable: {exc}") from None
+        return snapshot
 
     def _checked(self, snapshot: Snapshot) -> Snapshot:
         """Refuse to follow a ``main`` that no longer contains the last one seen here.
@@ -187,6 +244,8 @@ class GitStore(LabStore):
         it and runs ``autolab doctor --accept-rewrite``.
         """
         seen = self._seen_main.read_text().strip() if self._seen_main.exists() else ""
+        if not re.fullmatch(r"[0-9a-f]{40}", seen):
+            seen = ""  # unreadable record of the last main: start it again
         if seen and seen != snapshot.main and not self.is_ancestor(seen, snapshot.main):
             raise LabError(
                 f"main of {redact(self.url)} was rewritten: {snapshot.main[:12]} does not "
@@ -245,6 +304,8 @@ class GitStore(LabStore):
                                        "not found", "No such file", "repository not exported",
                                        "no such repository")):
                 raise LabError(f"{redact(self.url)}: no such lab ({err})")
+            if any(s in full for s in _LOCAL_DAMAGE):
+                raise CacheDamaged(err)
             raise TransportError(f"cannot fetch {redact(self.url)}: {err}")
 
     def _read_snapshot(self, repo: pygit2.Repository, started: float) -> Snapshot:

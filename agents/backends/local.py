@@ -2,7 +2,8 @@
 
 The command runs in its own process group with a clean environment (only what the
 lab config allows plus the basics a program needs), its output goes to a log file
-capped in size, and on timeout the whole group is killed.
+capped in size, and the whole group is killed on timeout, after every run, and when
+the worker itself dies (:mod:`autolab.agents.backends.run_guard`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -19,6 +21,8 @@ from pathlib import Path
 from autolab.agents.backends.base import Backend, RunRequest, RunResult
 from autolab.agents.summary import classify, parse_summary
 
+# Runs the command and kills its process group if this worker dies (even by SIGKILL).
+_GUARD = Path(__file__).with_name("run_guard.py")
 LOG_CAP_BYTES = 20 * 1024 * 1024
 _TAIL_BYTES = 256 * 1024  # the end of the output, kept to parse the summary block
 # Variables a program needs to start at all; everything else must be granted by the
@@ -46,7 +50,8 @@ class LocalBackend(Backend):
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                request.command, shell=True, cwd=request.workdir, env=clean_env(request.env),
+                [sys.executable, "-S", str(_GUARD), str(os.getpid()), request.command],
+                cwd=request.workdir, env=clean_env(request.env),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as exc:
