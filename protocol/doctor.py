@@ -4,6 +4,7 @@ first problem. Every finding names the file (or ref) and the commit.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -11,7 +12,7 @@ from autolab.protocol.config import CONFIG_FILE, parse_config
 from autolab.protocol.errors import AutoLabError, ShardError
 from autolab.protocol.reader import list_main_shards, read_rows, read_view
 from autolab.protocol.shards import STATE_DIR, parse_shard_path
-from autolab.protocol.store import LabStore, Snapshot
+from autolab.protocol.store import FileChange, LabStore, Snapshot
 
 
 @dataclass
@@ -90,6 +91,12 @@ def check(store: LabStore, snapshot: Snapshot) -> Report:
     if dup_seq:
         err(STATE_DIR, f"{len(dup_seq)} seq numbers used twice (first: {min(dup_seq)})")
 
+    for table in ("queue", "scores", "ideas"):
+        held = store.list_dir(main, f"{QUARANTINE_DIR}/{table}")
+        if held:
+            err(f"{QUARANTINE_DIR}/{table}", f"{len(held)} quarantined files (kept, not read)",
+                level="warning")
+
     for ref, commit in snapshot.records.items():
         report.records += 1
         for path, blob in store.list_files(commit).items():
@@ -112,3 +119,184 @@ def check(store: LabStore, snapshot: Snapshot) -> Report:
             for line in view.state.anomalies:
                 err("fold", line, level="warning")
     return report
+
+
+# -- repair ----------------------------------------------------------------------------
+
+QUARANTINE_DIR = f"{STATE_DIR}/quarantine"
+QUARANTINE_REFS = "refs/autolab-quarantine/"
+
+
+@dataclass
+class Repair:
+    """What ``autolab doctor --fix`` did, and what it refused to touch."""
+
+    commit: str | None = None
+    quarantined: list[str] = field(default_factory=list)
+    deduplicated: dict[str, int] = field(default_factory=dict)
+    moved_refs: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.commit or self.moved_refs)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Plan:
+    quarantine: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # path: blob, to, why
+    rewrite: dict[str, tuple[str, bytes | None, int]] = field(default_factory=dict)
+    bad_refs: dict[str, tuple[str, str]] = field(default_factory=dict)  # ref: commit, why
+    refused: list[str] = field(default_factory=list)
+
+
+def repair(store: LabStore, *, attempts: int = 8) -> Repair:
+    """Repair what can be repaired without losing a row, in one compare-and-swap commit.
+
+    * An unreadable shard on ``main`` (not parquet, truncated, wrong schema, not a shard
+      name) moves, bytes unchanged, to ``.autolab/quarantine/<table>/``; the commit
+      message says which and why.
+    * Rows that appear twice (same ``event_id``, same content) keep their first copy;
+      the shards holding later copies are rewritten without them.
+    * A record ref that cannot be read moves to ``refs/autolab-quarantine/...``.
+
+    Refused (reported, left alone): an invalid ``autolab.toml``, a shard written by a
+    newer autolab, two *different* rows with one ``event_id``. A rewritten ``main``
+    is handled by ``--accept-rewrite``, never here.
+    """
+    from autolab.protocol.errors import Conflict
+
+    result = Repair()
+    for _ in range(attempts):
+        snapshot = store.refresh()
+        plan = _plan(store, snapshot)
+        result.refused = plan.refused
+        for ref, (commit, why) in plan.bad_refs.items():
+            target = QUARANTINE_REFS + ref.removeprefix("refs/")
+            with contextlib.suppress(Conflict):  # already quarantined by another doctor
+                store.create_ref(target, commit)
+            if store.delete_refs({ref: commit}):
+                result.moved_refs.append(f"{ref} -> {target}: {why}")
+        if not plan.quarantine and not plan.rewrite:
+            return result
+        remove: list[str] = []
+        add: dict[str, bytes] = {}
+        add_blobs: dict[str, str] = {}
+        lines = []
+        for path, (blob, target, why) in sorted(plan.quarantine.items()):
+            remove.append(path)
+            add_blobs[target] = blob
+            lines.append(f"- quarantine {path} -> {target}: {why}")
+        for path, (new_path, data, dropped) in sorted(plan.rewrite.items()):
+            remove.append(path)
+            if data is not None:
+                add[new_path] = data
+            lines.append(f"- drop {dropped} duplicate rows from {path}"
+                         + (f" (now {new_path})" if data is not None and new_path != path
+                            else " (no rows left)" if data is None else ""))
+        summary = (f"doctor --fix: quarantine {len(plan.quarantine)} shards, "
+                   f"rewrite {len(plan.rewrite)} with duplicate rows")
+        change = FileChange(add=add, remove=remove, add_blobs=add_blobs)
+        commit = store.make_commit(snapshot.main, change, summary + "\n\n" + "\n".join(lines)
+                                   + "\n", agent="doctor")
+        try:
+            store.cas_main(commit, snapshot.main)
+        except Conflict:
+            continue
+        result.commit = commit
+        result.quarantined = [line[len("- quarantine "):] for line in lines
+                              if line.startswith("- quarantine")]
+        result.deduplicated = {p: d for p, (_, _, d) in plan.rewrite.items()}
+        return result
+    raise AutoLabError("doctor --fix: main kept moving; try again")
+
+
+def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
+    from autolab.protocol.reader import read_table
+    from autolab.protocol.shards import encode
+
+    plan = _Plan()
+    main = snapshot.main
+    raw = store.read_file(main, CONFIG_FILE)
+    if raw is None:
+        plan.refused.append(f"{CONFIG_FILE}: missing, not a lab")
+    else:
+        try:
+            parse_config(raw.decode(errors="replace"))
+        except AutoLabError as exc:
+            plan.refused.append(f"{CONFIG_FILE}: {exc} (edit it by hand)")
+
+    taken = set(store.list_files(main))
+    # event_id -> (seq, path, row without seq) of the first copy seen (lowest seq first).
+    first: dict[str, tuple[int, str, dict]] = {}
+    drop: dict[str, set[str]] = {}
+    readable: list[tuple[str, str, str, list[dict]]] = []
+    for table in ("queue", "scores", "ideas"):
+        for path, blob in store.list_dir(main, f"{STATE_DIR}/{table}").items():
+            name = parse_shard_path(path)
+            why = None
+            if name is None or name.record or name.table != table:
+                why = "not a shard name"
+            else:
+                try:
+                    rows = read_rows(store, table, blob, path, main)
+                except ShardError as exc:
+                    if exc.newer:
+                        plan.refused.append(f"{path}: {exc.reason}")
+                        continue
+                    why = exc.reason
+            if why is not None:
+                target = f"{QUARANTINE_DIR}/{table}/{path.rsplit('/', 1)[1]}"
+                if target in taken:
+                    target = f"{target}.{blob[:8]}"
+                plan.quarantine[path] = (blob, target, why)
+                continue
+            readable.append((table, path, blob, rows))
+    readable.sort(key=lambda item: min((r["seq"] or 0 for r in item[3]), default=0))
+    for _table, path, _, rows in readable:
+        for row in sorted(rows, key=lambda r: r["seq"] or 0):
+            body = {k: v for k, v in row.items() if k not in ("seq", "_order")}
+            seen = first.get(row["event_id"])
+            if seen is None:
+                first[row["event_id"]] = (row["seq"] or 0, path, body)
+            elif seen[2] == body:
+                drop.setdefault(path, set()).add(f"{row['event_id']}\0{row['seq']}")
+            else:
+                plan.refused.append(f"{path}: event {row['event_id']} differs from its copy "
+                                    f"in {seen[1]} (pick one by hand)")
+    for table, path, blob, _rows in readable:
+        gone = drop.get(path)
+        if not gone:
+            continue
+        data = read_table(store, table, blob, path, main)
+        keep = [f"{e}\0{s}" not in gone for e, s in zip(data.column("event_id").to_pylist(),
+                                                        data.column("seq").to_pylist(),
+                                                        strict=True)]
+        kept = data.filter(keep)
+        dropped = data.num_rows - kept.num_rows
+        if kept.num_rows == 0:
+            plan.rewrite[path] = (path, None, dropped)
+            continue
+        name = parse_shard_path(path)
+        assert name is not None
+        top = max(s for s in kept.column("seq").to_pylist() if s is not None)
+        new_path = type(name)(table, top, name.agent, name.nonce).path
+        plan.rewrite[path] = (new_path, encode(table, kept), dropped)
+
+    for ref, commit in snapshot.records.items():
+        for path, blob in store.list_files(commit).items():
+            name = parse_shard_path(path)
+            try:
+                if name is None:
+                    raise ShardError(path, commit, "not a shard name")
+                read_rows(store, name.table, blob, path, commit)
+            except ShardError as exc:
+                if exc.newer:
+                    plan.refused.append(f"{ref}: {exc.reason}")
+                else:
+                    plan.bad_refs[ref] = (commit, f"{path}: {exc.reason}")
+                break
+    return plan

@@ -43,11 +43,14 @@ class ShardError(AutoLabError):
     The message always names the file and the commit, so nothing is skipped silently.
     """
 
-    def __init__(self, path: str, commit: str, reason: str) -> None:
+    def __init__(self, path: str, commit: str, reason: str, *, newer: bool = False) -> None:
         super().__init__(f"bad shard {path} at commit {commit[:12]}: {reason}")
         self.path = path
         self.commit = commit
         self.reason = reason
+        # Written by a newer autolab (a higher schema_version): not damage, so it must
+        # never be quarantined; the reader has to upgrade.
+        self.newer = newer
 
 
 class PatchError(AutoLabError):

@@ -200,10 +200,17 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
     for table, files in main_shards.items():
         for path, blob in files.items():
             max_seq = max(max_seq, parse_shard_path(path).seq)  # type: ignore[union-attr]
-            rows[table].extend(read_rows(store, table, blob, path, main))
+            shard_rows = read_rows(store, table, blob, path, main)
+            before = len(on_main)
+            on_main.update(row["event_id"] for row in shard_rows)
+            if len(on_main) - before != len(shard_rows):
+                # Every event lands on main once; a copy (a botched manual merge, a
+                # replayed shard) would count a claim or a score twice.
+                raise ShardError(path, main, "duplicate rows (an event_id already on main): "
+                                 "run `autolab doctor --fix`")
+            rows[table].extend(shard_rows)
     for table in TABLES:
         for row in rows[table]:
-            on_main.add(row["event_id"])
             if "_order" not in row:
                 row["_order"] = (0, row["seq"] if row["seq"] is not None else -1, row["event_id"])
 

@@ -85,6 +85,13 @@ def encode(table: str, rows: list[dict[str, Any]] | pa.Table) -> bytes:
     return sink.getvalue()
 
 
+def _check_not_newer(versions: list[Any], path: str, commit: str) -> None:
+    newest = max((v for v in versions if isinstance(v, int)), default=None)
+    if newest is not None and newest > SCHEMA_VERSION:
+        raise ShardError(path, commit, f"schema_version {newest} is newer than the "
+                         f"{SCHEMA_VERSION} this autolab reads: upgrade autolab", newer=True)
+
+
 def decode(table: str, payload: bytes, path: str, commit: str) -> pa.Table:
     """Parse and validate a shard.
 
@@ -97,6 +104,8 @@ def decode(table: str, payload: bytes, path: str, commit: str) -> pa.Table:
         data = pq.ParquetFile(io.BytesIO(payload)).read()
     except Exception as exc:  # pyarrow raises several types for corrupt input
         raise ShardError(path, commit, f"not readable as parquet ({exc})") from None
+    if "schema_version" in data.column_names:
+        _check_not_newer(data.column("schema_version").to_pylist(), path, commit)
     got = {f.name: f.type for f in data.schema}
     want = {f.name: f.type for f in schema}
     if got != want:
@@ -148,6 +157,7 @@ def decode_record(table: str, payload: bytes, path: str, commit: str) -> list[di
         extra = set(row) - set(schema.names)
         if extra:
             raise ShardError(path, commit, f"unexpected columns {sorted(extra)}")
+        _check_not_newer([row.get("schema_version")], path, commit)
         if row.get("schema_version") != SCHEMA_VERSION:
             raise ShardError(path, commit, f"schema_version {row.get('schema_version')} but "
                              f"this autolab reads {SCHEMA_VERSION}")

@@ -12,6 +12,7 @@ import pytest
 
 from autolab.protocol.errors import LabError, ShardError
 from autolab.protocol.lab import Lab
+from autolab.protocol.store import FileChange
 
 from .conftest import run_cli
 from .helpers import propose_x
@@ -65,6 +66,88 @@ def test_bad_shard_fails_reads_and_doctor_names_file_and_commit(remote, tmp_path
     proc = run_cli("status", "--lab", remote.url)
     assert proc.returncode == 1 and rel in proc.stderr and len(proc.stderr.splitlines()) == 1
 
+    # --fix moves the shard, bytes unchanged, to the quarantine, in one recorded commit.
+    proc = run_cli("doctor", "--lab", remote.url, "--fix")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    moved = ".autolab/quarantine/queue/000000000099-intruder-00000000000000aa.parquet"
+    assert f"quarantined {rel} -> {moved}" in proc.stdout
+    assert _blob(remote, f"main:{moved}") == data
+    assert rel in remote.git("log", "-1", "--format=%B", "main")
+    state = Lab.open(remote.url, "reader").read().state
+    assert [e.state for e in state.experiments.values()] == ["queued"]  # nothing lost
+
+
+def _blob(remote, spec: str) -> bytes:
+    return subprocess.run(["git", "cat-file", "blob", spec], cwd=remote.bare, check=True,
+                          capture_output=True).stdout
+
+
+def _copy_shard(lab: Lab, change=None) -> tuple[str, bytes]:
+    """A second shard holding the rows of the lab's first queue shard (optionally changed)."""
+    path, blob = next(iter(lab.store.list_dir(lab.read().main, ".autolab/queue").items()))
+    table = pq.read_table(io.BytesIO(lab.store.read_blob(blob)))
+    if change is not None:
+        table = change(table)
+    seq = max(table.column("seq").to_pylist())
+    return f".autolab/queue/{seq:012d}-replay-00000000000000cc.parquet", _parquet(table)
+
+
+def test_duplicate_rows_are_refused_then_fixed_without_losing_a_row(remote, tmp_path):
+    lab = Lab.open(remote.url, "agent")
+    propose_x(lab, 1.0, 2.0)
+    before = Lab.open(remote.url, "before").read()
+    rows_before = before.table("queue").num_rows
+    rel, data = _copy_shard(lab)
+    commit = _push_file(remote, tmp_path, rel, data)
+    with pytest.raises(ShardError, match="duplicate rows") as info:
+        Lab.open(remote.url, "reader").read()
+    assert rel in str(info.value) or ".autolab/queue/" in str(info.value)
+    assert commit[:12] in str(info.value)
+    proc = run_cli("doctor", "--lab", remote.url)
+    assert proc.returncode == 1 and "duplicate rows" in proc.stdout
+
+    proc = run_cli("doctor", "--lab", remote.url, "--fix")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "dropped 2 duplicate rows" in proc.stdout
+    after = Lab.open(remote.url, "after").read()
+    assert after.table("queue").num_rows == rows_before
+    assert {e.id: e.state for e in after.state.experiments.values()} == {
+        e.id: e.state for e in before.state.experiments.values()}
+    assert run_cli("doctor", "--lab", remote.url).returncode == 0
+
+
+def test_doctor_fix_refuses_what_it_cannot_repair_and_changes_nothing(remote, tmp_path):
+    lab = Lab.open(remote.url, "agent")
+    propose_x(lab, 1.0)
+
+    def differ(table: pa.Table) -> pa.Table:
+        i = table.schema.get_field_index("hypothesis")
+        return table.set_column(i, "hypothesis", pa.array(["edited"] * table.num_rows))
+
+    rel, data = _copy_shard(lab, differ)
+    _push_file(remote, tmp_path, rel, data)
+    main = remote.main()
+    proc = run_cli("doctor", "--lab", remote.url, "--fix")
+    assert proc.returncode == 1
+    assert "refused" in proc.stdout and "differs from its copy" in proc.stdout
+    assert remote.main() == main
+
+
+def test_unreadable_record_ref_is_quarantined(remote):
+    lab = Lab.open(remote.url, "agent")
+    [eid] = propose_x(lab, 1.0)
+    bad = lab.store.make_commit(None, FileChange(add={
+        ".autolab/queue/000000000000-evil-00000000000000dd.json": b"{not json"}), "record")
+    ref = f"refs/autolab/claims/{eid}/1"
+    lab.store.create_ref(ref, bad)
+    with pytest.raises(ShardError, match="not a JSON record"):
+        Lab.open(remote.url, "reader").read()
+    proc = run_cli("doctor", "--lab", remote.url, "--fix")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"moved record {ref} -> refs/autolab-quarantine/" in proc.stdout
+    assert remote.git("rev-parse", f"refs/autolab-quarantine/autolab/claims/{eid}/1") == bad
+    assert Lab.open(remote.url, "reader").read().state.experiments[eid].state == "queued"
+
 
 def test_wrong_schema_version_is_refused(daemon_remote, tmp_path):
     lab = Lab.open(daemon_remote.url, "agent")
@@ -76,8 +159,12 @@ def test_wrong_schema_version_is_refused(daemon_remote, tmp_path):
     table = table.set_column(0, "seq", pa.array([50] * table.num_rows, pa.int64()))
     rel = ".autolab/queue/000000000050-future-00000000000000bb.parquet"
     _push_file(daemon_remote, tmp_path, rel, _parquet(table))
-    with pytest.raises(ShardError, match="schema_version"):
+    with pytest.raises(ShardError, match="schema_version 2 is newer"):
         Lab.open(daemon_remote.url, "reader").read()
+    main = daemon_remote.main()
+    proc = run_cli("doctor", "--lab", daemon_remote.url, "--fix")
+    assert proc.returncode == 1 and "upgrade autolab" in proc.stdout
+    assert daemon_remote.main() == main  # a newer shard is never quarantined
 
 
 def test_doctor_is_clean_on_a_healthy_lab(remote):

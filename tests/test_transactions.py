@@ -32,6 +32,8 @@ def test_propose_dedups_by_normalized_patch(remote):
     ("--- a/.autolab/queue/x\n+++ b/.autolab/queue/x\n@@ -1 +1 @@\n-a\n+b\n", "protected"),
     ("--- a/other.py\n+++ b/other.py\n@@ -1 +1 @@\n-a\n+b\n", "not an editable path"),
     ("just some text", "not a unified diff"),
+    ("--- a/experiment.py\n+++ b/experiment.py\n@@ -1 +1 @@\n-a\n+" + "x" * 300_000 + "\n",
+     "the limit is"),
 ])
 def test_propose_refuses_bad_patches(remote, patch, match):
     lab = Lab.open(remote.url, "planner")

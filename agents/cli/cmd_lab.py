@@ -31,9 +31,18 @@ def doctor(
     accept_rewrite: Annotated[bool, typer.Option(
         "--accept-rewrite", help="Follow a main that was rewritten (force-pushed) after "
         "you have inspected it.")] = False,
+    fix: Annotated[bool, typer.Option(
+        "--fix", help="Repair what can be repaired without losing a row (quarantine "
+        "unreadable shards and record refs, drop exact duplicate rows), in one commit; "
+        "refuse the rest.")] = False,
 ) -> None:
-    """Check every shard, record ref and invariant of a lab; exit 1 on errors."""
-    from autolab.protocol.doctor import check
+    """Check every shard, record ref and invariant of a lab; exit 1 on errors.
+
+    Every finding names the file (or ref) and the commit. With --fix, repairs are made
+    as one compare-and-swap commit on main whose message lists each of them, and the
+    lab is checked again.
+    """
+    from autolab.protocol.doctor import check, repair
     from autolab.protocol.errors import LabError
     from autolab.protocol.gitstore import GitStore
 
@@ -49,8 +58,24 @@ def doctor(
             typer.echo(f"error: {exc}")
         raise typer.Exit(1) from None
     report = check(store, snapshot)
+    fixed = None
+    if fix and not report.ok:
+        fixed = repair(store)
+        if not as_json:
+            for line in fixed.quarantined:
+                typer.echo(f"fixed: quarantined {line}")
+            for path, count in fixed.deduplicated.items():
+                typer.echo(f"fixed: dropped {count} duplicate rows from {path}")
+            for line in fixed.moved_refs:
+                typer.echo(f"fixed: moved record {line}")
+            for line in fixed.refused:
+                typer.echo(f"refused: {line}")
+            if fixed.commit:
+                typer.echo(f"repairs committed to main as {fixed.commit[:12]}; checking again")
+        report = check(store, store.refresh())
     if as_json:
-        print_json(report.to_dict())
+        extra = {"fix": fixed.to_dict()} if fixed is not None else {}
+        print_json({**report.to_dict(), **extra})
     else:
         for finding in report.findings:
             typer.echo(str(finding))
