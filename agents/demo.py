@@ -108,5 +108,6 @@ def run_demo(*, workers: int = 2, minutes: float = 3.0, directory: Path | None =
     report = DemoReport(root, lab_path, time.monotonic() - start)
     stats = root / "cycles.jsonl"
     if stats.exists():
-        report.cycles = [json.loads(line) for line in stats.read_text().splitlines() if line]
+        lines = [json.loads(line) for line in stats.read_text().splitlines() if line]
+        report.cycles = [c for c in lines if c.get("event") == "cycle"]
     return report

@@ -27,8 +27,10 @@ class Swarm:
     log_dir: Path = field(default_factory=lambda: Path("autolab-logs"))
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def _spawn(self, name: str, *args: str) -> None:
+        self.args[name] = args
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         env = {**os.environ, **self.env, "AUTOLAB_AGENT": name}
@@ -42,6 +44,16 @@ class Swarm:
         for n in range(1, self.workers + 1):
             self._spawn(f"worker-{n}", "worker", "--loop")
         self._spawn("reporter", "reporter", "--loop")
+
+    def restart(self, name: str) -> None:
+        """Start agent ``name`` again with its arguments and agent id (after it died).
+
+        A restarted worker releases the claims its dead predecessor still held.
+        """
+        old = self.procs[name]
+        if old.poll() is None:
+            raise RuntimeError(f"agent {name} is still running")
+        self._spawn(name, *self.args[name])
 
     def alive(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.poll() is None]

@@ -111,6 +111,9 @@ class Worker:
             patch_hash=claim.patch_hash, started_at=started, agent=lab.agent,
         )
         submitted = tx.submit(lab, score)
+        self._note({"event": "submitted", "experiment_id": claim.experiment_id,
+                    "attempt": claim.attempt, "outcome": submitted.outcome,
+                    "result_digest": score["result_digest"]})
         shown = f"{config.metric}={score['metric']:.6g}" if score["metric"] is not None else (
             score["reason"] or "")
         self.say(f"{claim.experiment_id}: {score['status']} {shown} in {result.runtime_s:.1f}s"
@@ -158,11 +161,36 @@ class Worker:
         return head
 
     def _record(self, cycle: Cycle) -> None:
+        self._note({"event": "cycle", **asdict(cycle), "overhead_s": cycle.overhead_s})
+
+    def _note(self, entry: dict) -> None:
+        """Append one JSON line to ``$AUTOLAB_STATS`` (one write: whole lines survive a
+        SIGKILL)."""
         if self.stats_file:
-            line = json.dumps({**asdict(cycle), "overhead_s": cycle.overhead_s,
-                               "agent": self.lab.agent, "at": time.time()})
-            with open(self.stats_file, "a") as handle:
-                handle.write(line + "\n")
+            line = json.dumps({**entry, "agent": self.lab.agent, "at": time.time()}) + "\n"
+            fd = os.open(self.stats_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+    def recover(self) -> list[str]:
+        """Release attempts this agent id still holds from a previous process that died.
+
+        A worker restarted under the same ``--agent`` (a supervisor, cron, a swarm) gives
+        its dead predecessor's claims back at once instead of leaving them to lease
+        expiry. Agent ids must therefore be unique per live process (the default,
+        host-pid, is); if two live processes shared one, the other's result would only
+        be recorded as late, never lost or promoted twice.
+        """
+        released = []
+        for exp in self.lab.read().state.by_state("claimed"):
+            if exp.agent == self.lab.agent and tx.release(
+                    self.lab, exp.id, exp.attempt, "its worker restarted"):
+                released.append(exp.id)
+                self.say(f"released {exp.id} attempt {exp.attempt}: held by a previous "
+                         f"process of {self.lab.agent}")
+        return released
 
     def loop(self, *, max_experiments: int | None = None, idle: float = 2.0,
              exit_when_idle: bool = False) -> int:

@@ -32,8 +32,13 @@ _PASSTHROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV", "USER
 
 
 def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """The run's environment: the basics, this interpreter's ``bin`` first on ``PATH``
+    (so ``python`` in a lab's command is the worker's own, with its packages), then the
+    lab's ``[run.env]``."""
     env = {k: os.environ[k] for k in _PASSTHROUGH if k in os.environ}
-    env.setdefault("PATH", "/usr/bin:/bin")
+    here = str(Path(sys.executable).parent)
+    path = env.get("PATH", "/usr/bin:/bin")
+    env["PATH"] = path if path.split(os.pathsep)[0] == here else f"{here}{os.pathsep}{path}"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

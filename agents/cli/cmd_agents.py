@@ -72,6 +72,7 @@ def worker(
     work = Worker(the_lab, LocalBackend(), logs, say=_say(f"worker {the_lab.agent}"))
     _stop_on_sigterm()
     try:
+        work.recover()
         if once:
             if work.run_once() is None:
                 raise NothingToDo("nothing to claim")
