@@ -6,6 +6,7 @@ import random
 from collections.abc import Callable
 
 from autolab.agents.proposers.space import propose_space
+from autolab.agents.reaping import reap
 from autolab.protocol import transactions as tx
 from autolab.protocol.lab import Lab
 
@@ -14,9 +15,13 @@ def plan_once(lab: Lab, depth: int, say: Callable[[str], None] = print,
               rng: random.Random | None = None) -> list[str]:
     """Reap expired leases, then top the queue up to ``depth``; return new ids."""
     view = lab.read()
-    for reaped in tx.reap(lab, view):
-        say(f"{reaped.event} {reaped.experiment_id} attempt {reaped.attempt}: lease expired")
+    reap(lab, view, say)
     state, config = view.state, view.config
+    left = tx.budget_left(view)
+    if left is not None and left <= 0:
+        say(f"budget spent (${tx.spent_usd(view):.2f} of ${config.policy.max_usd:.2f}): "
+            f"not proposing")
+        return []
     queued = len(state.by_state("queued"))
     if queued >= depth:
         return []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from autolab.agents.reaping import reap
 from autolab.protocol import transactions as tx
 from autolab.protocol.lab import Lab
 
@@ -12,8 +13,7 @@ COMPACT_AT = 32  # shards in one table on main
 
 def report_once(lab: Lab, say: Callable[[str], None] = print) -> None:
     view = lab.read()
-    for reaped in tx.reap(lab, view):
-        say(f"{reaped.event} {reaped.experiment_id} attempt {reaped.attempt}: lease expired")
+    reap(lab, view, say)
     if lab.fold(view, always=True):
         say(f"folded {len(view.pending)} record(s) into main")
     if max(len(files) for files in view.main_shards.values()) >= COMPACT_AT:

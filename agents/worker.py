@@ -103,13 +103,13 @@ class Worker:
                     self.say(f"released {claim.experiment_id}: worker stopped")
                     raise
                 head = self._push_branch(claim, parent, tree, touched, result)
-        score = tx.make_score(
-            claim.experiment_id, claim.attempt, status=result.status, metric=result.metric,
-            metrics=result.metrics, reason=result.reason, branch_commit=head,
-            runtime_s=round(result.runtime_s, 3), backend=self.backend.name,
-            job_id=result.job_id, harness_hash=harness_hash(harness),
-            patch_hash=claim.patch_hash, started_at=started, agent=lab.agent,
-        )
+        fields = {"reason": result.reason, "branch_commit": head,
+                  "runtime_s": round(result.runtime_s, 3), "backend": self.backend.name,
+                  "job_id": result.job_id, "harness_hash": harness_hash(harness),
+                  "patch_hash": claim.patch_hash, "started_at": started, "agent": lab.agent}
+        fields.update(self.score_extras(claim, result))
+        score = tx.make_score(claim.experiment_id, claim.attempt, status=result.status,
+                              metric=result.metric, metrics=result.metrics, **fields)
         submitted = tx.submit(lab, score)
         self._note({"event": "submitted", "experiment_id": claim.experiment_id,
                     "attempt": claim.attempt, "outcome": submitted.outcome,
@@ -129,6 +129,10 @@ class Worker:
                       submitted.outcome, promoted, time.monotonic() - start, result.runtime_s)
         self._record(cycle)
         return cycle
+
+    def score_extras(self, claim: tx.Claim, result: RunResult) -> dict:
+        """More score columns (where a run happened and what it cost); none locally."""
+        return {}
 
     def _push_branch(self, claim: tx.Claim, parent: str, tree: Worktree, touched: list[str],
                      result: RunResult) -> str | None:

@@ -38,6 +38,26 @@ class Policy:
     min_delta: float = 0.0
     max_attempts: int = 3
     lease_margin: float = 60.0
+    max_usd: float | None = None  # spend after which planners and launches stop
+
+
+@dataclass(frozen=True)
+class HfJobsConfig:
+    """``[hf_jobs]``: how ``autolab worker --backend hf-jobs`` launches runs.
+
+    Every field can be overridden by a flag of the same name.
+    """
+
+    flavor: str = "cpu-basic"
+    image: str = "ghcr.io/astral-sh/uv:python3.12-bookworm"
+    namespace: str | None = None  # default: the token's user
+    timeout: float | None = None  # default: run.timeout + 600 s for start-up
+    secrets: tuple[str, ...] = ("HF_TOKEN",)  # names of local env vars sent as secrets
+    env: dict[str, str] = field(default_factory=dict)
+    volumes: tuple[str, ...] = ()  # hf://buckets/<ns>/<name>:/data and friends
+    labels: dict[str, str] = field(default_factory=dict)
+    install: str = ""  # shell command run before `autolab run` (e.g. pip install ...)
+    lab_url: str | None = None  # the URL jobs use for the lab, if not the worker's
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,7 @@ class LabConfig:
     description: str = ""
     bounds: tuple[float, float] | None = None
     floor: float | None = None
+    hf_jobs: HfJobsConfig = field(default_factory=HfJobsConfig)
 
     def better(self, candidate: float, best: float | None) -> bool:
         """True if ``candidate`` beats ``best`` by at least ``policy.min_delta``."""
@@ -90,6 +111,13 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "min_delta": ((int, float), False),
         "max_attempts": (int, False),
         "lease_margin": ((int, float), False),
+        "max_usd": ((int, float), False),
+    },
+    "hf_jobs": {
+        "flavor": (str, False), "image": (str, False), "namespace": (str, False),
+        "timeout": ((int, float), False), "secrets": (list, False), "env": (dict, False),
+        "volumes": (list, False), "labels": (dict, False), "install": (str, False),
+        "lab_url": (str, False),
     },
 }
 _KNOB_KEYS = {
@@ -178,7 +206,10 @@ def parse_config(text: str) -> LabConfig:
         min_delta=float(policy.get("min_delta", 0.0)),
         max_attempts=int(policy.get("max_attempts", 3)),
         lease_margin=float(policy.get("lease_margin", 60.0)),
+        max_usd=float(policy["max_usd"]) if "max_usd" in policy else None,
     )
+    if pol.max_usd is not None and pol.max_usd < 0:
+        raise _fail("policy.max_usd", "a number >= 0", pol.max_usd)
     if pol.min_delta < 0:
         raise _fail("policy.min_delta", "a number >= 0", pol.min_delta)
     if pol.max_attempts < 1:
@@ -200,6 +231,33 @@ def parse_config(text: str) -> LabConfig:
         protected=tuple(paths.get("protected", [])),
         policy=pol,
         knobs=_parse_knobs(raw.get("knobs", {}), tuple(paths["editable"])),
+        hf_jobs=_parse_hf_jobs(values["hf_jobs"]),
+    )
+
+
+def _parse_hf_jobs(body: dict[str, Any]) -> HfJobsConfig:
+    for key in ("secrets", "volumes"):
+        for item in body.get(key, []):
+            if not isinstance(item, str) or not item:
+                raise _fail(f"hf_jobs.{key}", "a list of strings", item)
+    for key in ("env", "labels"):
+        for name, value in body.get(key, {}).items():
+            if not isinstance(value, str):
+                raise _fail(f"hf_jobs.{key}.{name}", "a string", value)
+    if "timeout" in body and not body["timeout"] > 0:
+        raise _fail("hf_jobs.timeout", "a positive number of seconds", body["timeout"])
+    defaults = HfJobsConfig()
+    return HfJobsConfig(
+        flavor=body.get("flavor", defaults.flavor),
+        image=body.get("image", defaults.image),
+        namespace=body.get("namespace"),
+        timeout=float(body["timeout"]) if "timeout" in body else None,
+        secrets=tuple(body.get("secrets", defaults.secrets)),
+        env=dict(body.get("env", {})),
+        volumes=tuple(body.get("volumes", ())),
+        labels=dict(body.get("labels", {})),
+        install=body.get("install", ""),
+        lab_url=body.get("lab_url"),
     )
 
 

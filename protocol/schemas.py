@@ -10,10 +10,16 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns added after version 1, by table: a shard of an older version lacks them and
+# is read with nulls there (readers accept every version up to SCHEMA_VERSION).
+ADDED_IN: dict[str, dict[str, int]] = {
+    "scores": {"flavor": 2, "job_seconds": 2, "cost_usd": 2, "log_ref": 2},
+}
 TABLES = ("queue", "scores", "ideas")
 
-QUEUE_EVENTS = ("proposed", "claimed", "released", "expired", "failed", "cancelled", "promoted")
+QUEUE_EVENTS = ("proposed", "claimed", "launched", "released", "expired", "failed", "cancelled",
+                "promoted")
 SCORE_STATUSES = ("ok", "crash", "timeout", "invalid")
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -67,6 +73,10 @@ SCORES = pa.schema(
         pa.field("finished_at", _TS),
         pa.field("late", pa.bool_()),
         pa.field("result_digest", pa.string()),
+        pa.field("flavor", pa.string()),  # compute flavor (hf-jobs), e.g. a100-large
+        pa.field("job_seconds", pa.float64()),  # billed running time of the job
+        pa.field("cost_usd", pa.float64()),  # job_seconds at the flavor's price
+        pa.field("log_ref", pa.string()),  # ref holding the run's log, if kept
     ],
     metadata={"autolab.table": "scores", "autolab.schema_version": str(SCHEMA_VERSION)},
 )

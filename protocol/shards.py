@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from autolab.protocol.errors import ShardError
-from autolab.protocol.schemas import SCHEMA_VERSION, SCHEMAS, TABLES
+from autolab.protocol.schemas import ADDED_IN, SCHEMA_VERSION, SCHEMAS, TABLES
 
 STATE_DIR = ".autolab"
 _NAME = re.compile(
@@ -92,6 +92,18 @@ def _check_not_newer(versions: list[Any], path: str, commit: str) -> None:
                          f"{SCHEMA_VERSION} this autolab reads: upgrade autolab", newer=True)
 
 
+def _upgrade(table: str, data: pa.Table, got: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
+    """Add, as nulls, the columns a shard of an older schema version cannot have."""
+    oldest = min((v for v in data.column("schema_version").to_pylist() if v), default=1)
+    added = [name for name, version in ADDED_IN.get(table, {}).items()
+             if version > oldest and name not in got]
+    schema = SCHEMAS[table]
+    for name in added:
+        field = schema.field(name)
+        data = data.append_column(field, pa.nulls(data.num_rows, field.type))
+    return data, {f.name: f.type for f in data.schema}
+
+
 def decode(table: str, payload: bytes, path: str, commit: str) -> pa.Table:
     """Parse and validate a shard.
 
@@ -108,6 +120,8 @@ def decode(table: str, payload: bytes, path: str, commit: str) -> pa.Table:
         _check_not_newer(data.column("schema_version").to_pylist(), path, commit)
     got = {f.name: f.type for f in data.schema}
     want = {f.name: f.type for f in schema}
+    if got != want and "schema_version" in got:
+        data, got = _upgrade(table, data, got)
     if got != want:
         missing = sorted(set(want) - set(got))
         extra = sorted(set(got) - set(want))
@@ -118,7 +132,7 @@ def decode(table: str, payload: bytes, path: str, commit: str) -> pa.Table:
             f"wrong type {changed})",
         )
     versions = set(data.column("schema_version").to_pylist())
-    if versions - {SCHEMA_VERSION}:
+    if versions - set(range(1, SCHEMA_VERSION + 1)):
         raise ShardError(
             path, commit,
             f"schema_version {sorted(versions)} but this autolab reads {SCHEMA_VERSION}",
@@ -158,7 +172,7 @@ def decode_record(table: str, payload: bytes, path: str, commit: str) -> list[di
         if extra:
             raise ShardError(path, commit, f"unexpected columns {sorted(extra)}")
         _check_not_newer([row.get("schema_version")], path, commit)
-        if row.get("schema_version") != SCHEMA_VERSION:
+        if row.get("schema_version") not in range(1, SCHEMA_VERSION + 1):
             raise ShardError(path, commit, f"schema_version {row.get('schema_version')} but "
                              f"this autolab reads {SCHEMA_VERSION}")
         full = {}

@@ -20,6 +20,7 @@ from autolab.protocol.patches import check_patch, matches, normalized_hash
 from autolab.protocol.reader import LabView
 from autolab.protocol.schemas import SCORE_STATUSES, TABLES
 from autolab.protocol.shards import encode, new_shard_name, parse_shard_path
+from autolab.protocol.state import Experiment
 from autolab.protocol.store import FileChange
 
 
@@ -279,22 +280,79 @@ def _end_attempt(lab: Lab, experiment_id: str, attempt: int, event: str, reason:
     return True
 
 
-def reap(lab: Lab, view: LabView | None = None, *, at: datetime | None = None) -> list[Reaped]:
-    """End every attempt whose lease expired: back to queued, or failed at max_attempts."""
+def reap(lab: Lab, view: LabView | None = None, *, at: datetime | None = None,
+         keep: frozenset[str] | set[str] = frozenset()) -> list[Reaped]:
+    """End every attempt whose lease expired: back to queued, or failed at max_attempts.
+
+    ``keep``: experiments whose run is known to be alive (a remote job still running)
+    keep their lease whatever its time.
+    """
     view = view or lab.read()
     moment = at or now()
     done: list[Reaped] = []
-    max_attempts = view.config.policy.max_attempts
     for exp in view.state.by_state("claimed"):
-        if exp.lease_until is None or exp.lease_until > moment:
+        if exp.id in keep or exp.lease_until is None or exp.lease_until > moment:
             continue
-        event = "failed" if exp.attempt >= max_attempts else "expired"
         reason = f"lease of attempt {exp.attempt} by {exp.agent} expired"
-        if event == "failed":
-            reason += f" (max_attempts {max_attempts} reached)"
-        if _end_attempt(lab, exp.id, exp.attempt, event, reason):
+        event = abandon(lab, exp, reason, view.config.policy.max_attempts)
+        if event is not None:
             done.append(Reaped(exp.id, exp.attempt, event))
     return done
+
+
+def abandon(lab: Lab, exp: Experiment, reason: str, max_attempts: int) -> str | None:
+    """End ``exp``'s current attempt as lost: ``expired`` (requeued) or, at
+    ``max_attempts``, ``failed``. Returns the event, or None if the attempt had already
+    ended (its result, or another reaper, came first).
+
+    Only attempts lost this way count toward ``max_attempts`` (a run that keeps killing
+    its worker must end); attempts a worker released (it was stopped, or restarted
+    after a crash of its own) are not the experiment's fault.
+    """
+    expiries = 1 + sum(1 for o in exp.outcomes.values() if o == "expired")
+    event = "failed" if expiries >= max_attempts else "expired"
+    if event == "failed":
+        reason += f" (max_attempts {max_attempts} reached)"
+    return event if _end_attempt(lab, exp.id, exp.attempt, event, reason) else None
+
+
+def launched(lab: Lab, experiment_id: str, attempt: int, *, job_id: str, backend: str,
+             reason: str | None = None) -> bool:
+    """Record that ``attempt`` runs as remote job ``job_id`` (create-only: one launch per
+    attempt, so two launchers can never both start it). False if already recorded."""
+    row = {"experiment_id": experiment_id, "event": "launched", "attempt": attempt,
+           "at": now(), "job_id": job_id, "backend": backend, "reason": reason}
+    try:
+        lab.create_record(record_ref("launches", experiment_id, attempt), {"queue": [row]},
+                          f"launch {experiment_id} attempt {attempt}: job {job_id}")
+    except Conflict:
+        return False
+    return True
+
+
+def launches(view: LabView) -> dict[tuple[str, int], dict[str, Any]]:
+    """``(experiment, attempt) -> launched row`` (the first per attempt)."""
+    queue = view.table("queue")
+    if not queue.num_rows:
+        return {}
+    import pyarrow.compute as pc
+
+    rows = queue.filter(pc.equal(queue.column("event"), "launched")).to_pylist()
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        out.setdefault((row["experiment_id"], row["attempt"]), row)
+    return out
+
+
+def spent_usd(view: LabView) -> float:
+    """What the lab's recorded runs cost (scores' ``cost_usd``; unknown counts as 0)."""
+    return sum(s.get("cost_usd") or 0.0 for s in view.state.scores)
+
+
+def budget_left(view: LabView) -> float | None:
+    """USD left under ``policy.max_usd``; None when the lab sets no budget."""
+    cap = view.config.policy.max_usd
+    return None if cap is None else cap - spent_usd(view)
 
 
 def release(lab: Lab, experiment_id: str, attempt: int, reason: str) -> bool:

@@ -12,6 +12,7 @@ import pytest
 
 from autolab.protocol.errors import LabError, ShardError
 from autolab.protocol.lab import Lab
+from autolab.protocol.schemas import SCHEMA_VERSION
 from autolab.protocol.store import FileChange
 
 from .conftest import run_cli
@@ -154,12 +155,13 @@ def test_wrong_schema_version_is_refused(daemon_remote, tmp_path):
     propose_x(lab, 1.0)
     blob = next(iter(lab.store.list_dir(lab.read().main, ".autolab/queue").values()))
     table = pq.read_table(io.BytesIO(lab.store.read_blob(blob)))
+    newer = SCHEMA_VERSION + 1
     table = table.set_column(table.schema.get_field_index("schema_version"), "schema_version",
-                             pa.array([2] * table.num_rows, pa.int16()))
+                             pa.array([newer] * table.num_rows, pa.int16()))
     table = table.set_column(0, "seq", pa.array([50] * table.num_rows, pa.int64()))
     rel = ".autolab/queue/000000000050-future-00000000000000bb.parquet"
     _push_file(daemon_remote, tmp_path, rel, _parquet(table))
-    with pytest.raises(ShardError, match="schema_version 2 is newer"):
+    with pytest.raises(ShardError, match=f"schema_version {newer} is newer"):
         Lab.open(daemon_remote.url, "reader").read()
     main = daemon_remote.main()
     proc = run_cli("doctor", "--lab", daemon_remote.url, "--fix")
@@ -192,3 +194,27 @@ def test_rewritten_main_is_reported_not_followed(daemon_remote, tmp_path):
     proc = run_cli("doctor", "--lab", daemon_remote.url, "--accept-rewrite")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert Lab.open(daemon_remote.url, "agent").read().main == other
+
+
+def test_a_shard_of_an_older_schema_version_is_read_with_nulls(remote, tmp_path):
+    """Version 1 scores had no flavor/job_seconds/cost_usd/log_ref: still readable."""
+    from autolab.protocol import transactions as tx
+    from autolab.protocol.schemas import ADDED_IN
+
+    from .helpers import finish
+
+    lab = Lab.open(remote.url, "agent")
+    propose_x(lab, 2.0)
+    finish(lab, tx.claim(lab), 2.0)
+    lab.fold(always=True)
+    before = lab.read().state.experiments["0001"].result
+    path, blob = next(iter(lab.store.list_dir(lab.read().main, ".autolab/scores").items()))
+    table = pq.read_table(io.BytesIO(lab.store.read_blob(blob)))
+    old = table.drop_columns(list(ADDED_IN["scores"]))
+    old = old.set_column(old.schema.get_field_index("schema_version"), "schema_version",
+                         pa.array([1] * old.num_rows, pa.int16()))
+    _push_file(remote, tmp_path, path, _parquet(old))
+    after = Lab.open(remote.url, "reader").read().state.experiments["0001"].result
+    assert after["metric"] == before["metric"] and after["schema_version"] == 1
+    assert all(after[name] is None for name in ADDED_IN["scores"])
+    assert run_cli("doctor", "--lab", remote.url).returncode == 0

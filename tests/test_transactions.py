@@ -95,6 +95,21 @@ def test_reap_requeues_then_fails_after_max_attempts_and_late_result(remote):
     assert tx.promote(lab, "0001").promoted is False
 
 
+def test_released_attempts_do_not_count_toward_max_attempts(remote):
+    lab = Lab.open(remote.url, "worker")
+    propose_x(lab, 1.0)
+    for _ in range(3):  # three workers stopped (or restarted) while holding it
+        won = tx.claim(lab)
+        assert tx.release(lab, won.experiment_id, won.attempt, "worker stopped")
+    later = now() + timedelta(hours=1)
+    events = []
+    for _ in range(3):
+        won = tx.claim(lab)
+        events += [r.event for r in tx.reap(lab, at=later)]
+    assert won.attempt == 6
+    assert events == ["expired", "expired", "failed"]
+
+
 def test_stale_attempt_after_reclaim_is_late_and_current_counts(remote):
     lab = Lab.open(remote.url, "worker")
     propose_x(lab, 2.0)

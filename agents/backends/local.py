@@ -45,9 +45,20 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 class LocalBackend(Backend):
-    """Run commands here, one at a time per worker."""
+    """Run commands here, one at a time per worker.
+
+    Args:
+        echo: also copy the run's output to this process's stdout (inside a remote
+            job, so the job's own logs hold the summary block).
+        name: the backend name recorded with scores.
+    """
 
     name = "local"
+
+    def __init__(self, *, echo: bool = False, name: str | None = None) -> None:
+        self.echo = echo
+        if name is not None:
+            self.name = name
 
     def run(self, request: RunRequest) -> RunResult:
         log_path = request.log_path or request.workdir / "run.log"
@@ -62,7 +73,8 @@ class LocalBackend(Backend):
         except OSError as exc:
             return RunResult("crash", None, {}, f"cannot start: {exc}", 0.0, log_path)
         tail: deque[bytes] = deque()
-        pump = threading.Thread(target=_pump, args=(proc, log_path, tail), daemon=True)
+        pump = threading.Thread(target=_pump, args=(proc, log_path, tail, self.echo),
+                                daemon=True)
         pump.start()
         timed_out = False
         try:
@@ -115,7 +127,8 @@ def kill_group(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
 
 
-def _pump(proc: subprocess.Popen, log_path: Path, tail: deque[bytes]) -> None:
+def _pump(proc: subprocess.Popen, log_path: Path, tail: deque[bytes],
+          echo: bool = False) -> None:
     """Copy output to the log up to the cap, and keep its last bytes for parsing.
 
     Reads in chunks, so a run printing gigabytes (or one endless line) costs bounded
@@ -129,6 +142,9 @@ def _pump(proc: subprocess.Popen, log_path: Path, tail: deque[bytes]) -> None:
             if not chunk:
                 break
             tail.append(chunk)
+            if echo:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.buffer.flush()
             kept += len(chunk)
             total += len(chunk)
             while kept - len(tail[0]) >= _TAIL_BYTES:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from autolab.agents.cli.cmd_hf import FlavorOpt, ImageOpt, JobTimeoutOpt, NamespaceOpt
 from autolab.agents.cli.common import AgentOpt, LabOpt, fmt, open_lab, resolve_lab
 
 OnceOpt = Annotated[bool, typer.Option("--once", help="Do one unit of work and exit.")]
@@ -52,21 +53,51 @@ def _rounds(once: bool, loop: bool, interval: float, body) -> None:  # noqa: ANN
 def worker(
     lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
     max_: Annotated[int | None, typer.Option("--max", help="Stop after N experiments.")] = None,
-    backend: Annotated[str, typer.Option(help="Compute backend: local.")] = "local",
+    backend: Annotated[str, typer.Option(help="Compute backend: local (run here) or hf-jobs "
+                                         "(launch each run as a Hugging Face Job).")] = "local",
     log_dir: Annotated[Path | None, typer.Option(help="Where run logs go.")] = None,
     interval: IntervalOpt = 2.0,
+    detach: Annotated[bool, typer.Option(
+        help="hf-jobs: launch and move on (default), or --no-detach to wait for each job."
+    )] = True,
+    flavor: FlavorOpt = None, image: ImageOpt = None, namespace: NamespaceOpt = None,
+    job_timeout: JobTimeoutOpt = None,
+    secret: Annotated[list[str] | None, typer.Option(
+        help="hf-jobs: local env var sent as a job secret (repeatable; default "
+        "[hf_jobs].secrets, else HF_TOKEN).", show_default=False)] = None,
+    env: Annotated[list[str] | None, typer.Option(
+        help="hf-jobs: KEY=VALUE for the job's environment (repeatable).",
+        show_default=False)] = None,
+    volume: Annotated[list[str] | None, typer.Option(
+        help="hf-jobs: mount, e.g. hf://buckets/<ns>/<name>:/data (repeatable).",
+        show_default=False)] = None,
+    label: Annotated[list[str] | None, typer.Option(
+        help="hf-jobs: extra KEY=VALUE job label (repeatable).", show_default=False)] = None,
 ) -> None:
     """Claim experiments, run them, record scores, promote winners.
 
     Without --loop, runs experiments until none is claimable (or --max), then exits;
-    --once runs at most one (exit code 3 if there was none).
+    --once runs at most one (exit code 3 if there was none). With --backend hf-jobs,
+    each claim is launched as a Hugging Face Job running `autolab run`, and the worker
+    moves on at once (--detach); flags override the lab's [hf_jobs] settings.
     """
     from autolab.agents.backends.local import LocalBackend
     from autolab.agents.worker import Stopped, Worker
     from autolab.protocol.errors import AutoLabError, NothingToDo
 
+    if backend == "hf-jobs":
+        from autolab.agents.cli.cmd_hf import _pairs, hf_worker
+
+        overrides = {"flavor": flavor, "image": image, "namespace": namespace,
+                     "timeout": job_timeout, "secrets": secret,
+                     "env": _pairs(env, "--env"), "labels": _pairs(label, "--label"),
+                     "volumes": tuple(volume) if volume else None}
+        _stop_on_sigterm()
+        hf_worker(lab, agent, once=once, loop=loop, max_=max_, detach=detach,
+                  interval=interval, overrides=overrides)
+        return
     if backend != "local":
-        raise AutoLabError(f"unknown backend {backend!r}; available: local")
+        raise AutoLabError(f"unknown backend {backend!r}; available: local, hf-jobs")
     the_lab = open_lab(lab, agent)
     logs = log_dir or Path(the_lab.store.path).with_suffix(".logs")
     work = Worker(the_lab, LocalBackend(), logs, say=_say(f"worker {the_lab.agent}"))

@@ -133,15 +133,20 @@ def promote(experiment: Annotated[str, typer.Argument(help="Experiment id.")],
 
 
 def reap(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
-    """End attempts whose lease expired (re-queued, or failed after max_attempts)."""
-    from autolab.protocol.transactions import reap as do_reap
+    """End attempts whose lease expired (re-queued, or failed after max_attempts).
 
-    done = do_reap(open_lab(lab, agent))
+    Attempts running as HF jobs are checked with the Jobs API first: a running job
+    keeps its lease; one that ended without a score is settled from its logs.
+    """
+    from autolab.agents.reaping import reap as do_reap
+
+    lines: list[str] = []
+    done = do_reap(open_lab(lab, agent), say=lines.append)
     if as_json:
         print_json([r.__dict__ for r in done])
     else:
-        for r in done:
-            typer.echo(f"{r.event} {r.experiment_id} attempt {r.attempt}")
+        for line in lines:
+            typer.echo(line)
         typer.echo(f"reaped {len(done)}")
 
 

@@ -1,0 +1,382 @@
+"""The ``hf-jobs`` backend: experiments run as Hugging Face Jobs.
+
+A worker with this backend does not run anything itself. It claims an attempt,
+launches a job whose command is ``autolab run --lab URL --experiment ID --attempt N``
+(:mod:`autolab.agents.job_run`), records the job id in the queue (a create-only
+``launches`` record, so an attempt is launched at most once) and moves on: the job
+clones the lab, runs the experiment with the harness from ``main``, pushes the branch,
+submits the score and promotes. The laptop that launched it may close its lid.
+
+Liveness comes from the Jobs API (:func:`check_jobs`, called wherever leases are
+reaped): a job still scheduling or running keeps its lease; one that ended without a
+score has its logs fetched (``fetch_job_logs``) and kept under
+``refs/autolab-logs/<experiment>/<attempt>``, its metric recovered from them if the
+summary block was printed, or else its attempt is requeued (failed at
+``max_attempts``) with the job's status message as the reason.
+
+Every Jobs API call goes through ``huggingface_hub``; the namespace is always passed
+explicitly. Imported only by commands that use this backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from autolab.protocol import transactions as tx
+from autolab.protocol.errors import AutoLabError, NothingToDo
+from autolab.protocol.lab import Lab
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi, JobInfo
+
+    from autolab.protocol.config import HfJobsConfig
+    from autolab.protocol.reader import LabView
+    from autolab.protocol.state import Experiment
+
+BACKEND = "hf-jobs"
+LOG_REFS = "refs/autolab-logs/"
+LOG_CAP_BYTES = 4 * 1024 * 1024  # the end of a job's log is what matters
+_LABEL_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+_TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+
+
+def label_value(text: str, limit: int = 100) -> str:
+    """``text`` as a Hub label value: letters, digits, ``-`` and ``_`` only."""
+    return _LABEL_BAD.sub("-", text).strip("-")[:limit] or "x"
+
+
+def lab_label(url: str) -> str:
+    """A stable label value for a lab URL: a readable slug plus a short hash.
+
+    The Hub refuses ``/``, ``:`` and ``.`` in labels, so the URL itself cannot be one;
+    the hash keeps two labs named alike apart. Credentials in the URL are ignored.
+    """
+    from autolab.protocol.gitstore import normalize_url
+
+    clean = re.sub(r"//[^/@]*@", "//", normalize_url(url)).rstrip("/")
+    name = clean.rsplit("/", 1)[-1].removesuffix(".git")
+    digest = hashlib.sha256(clean.encode()).hexdigest()[:10]
+    return f"{label_value(name)[:40]}-{digest}"
+
+
+def hf_api(token: str | None = None) -> HfApi:
+    """A client for ``$HF_ENDPOINT`` (default: the Hub)."""
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=token)
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Resolved ``[hf_jobs]`` settings (config, then flags)."""
+
+    flavor: str
+    image: str
+    namespace: str | None
+    timeout: int
+    secrets: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    volumes: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    install: str = ""
+    lab_url: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: HfJobsConfig, run_timeout: float, **overrides: Any) -> JobSettings:
+        """Settings from the lab's ``[hf_jobs]``; ``overrides`` that are not None win.
+
+        Secrets are the *values* of the named local environment variables (``HF_TOKEN``
+        falls back to the token saved by ``hf auth login``); missing ones are skipped.
+        """
+        names = overrides.pop("secrets", None) or cfg.secrets
+        secrets = {}
+        for name in names:
+            value = os.environ.get(name)
+            if value is None and name == "HF_TOKEN":
+                from huggingface_hub import get_token
+
+                value = get_token()
+            if value:
+                secrets[name] = value
+        timeout = cfg.timeout if cfg.timeout is not None else run_timeout + 600
+        settings = cls(
+            flavor=cfg.flavor, image=cfg.image, namespace=cfg.namespace,
+            timeout=int(timeout), secrets=secrets, env=dict(cfg.env),
+            volumes=tuple(cfg.volumes), labels=dict(cfg.labels), install=cfg.install,
+            lab_url=cfg.lab_url,
+        )
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "timeout" in given:
+            given["timeout"] = int(given["timeout"])
+        for key in ("env", "labels"):
+            if key in given:
+                given[key] = {**getattr(settings, key), **given[key]}
+        return replace(settings, **given)
+
+    def namespace_for(self, api: HfApi) -> str:
+        return self.namespace or api.whoami()["name"]
+
+
+def parse_volumes(specs: tuple[str, ...]) -> list[Any] | None:
+    """``hf://buckets/<ns>/<name>:/data[:ro]`` and friends, as ``huggingface_hub`` volumes."""
+    if not specs:
+        return None
+    from huggingface_hub import Volume
+    from huggingface_hub.utils import parse_hf_mount
+
+    volumes = []
+    for spec in specs:
+        try:
+            mount = parse_hf_mount(spec)
+        except Exception as exc:  # the Hub's own parser raises its own error types
+            raise AutoLabError(f"hf_jobs.volumes: {spec!r}: {exc}") from None
+        volumes.append(Volume(type=mount.source.type, source=mount.source.id,
+                              mount_path=mount.mount_path, read_only=mount.read_only,
+                              path=mount.source.path_in_repo or None,
+                              revision=mount.source.revision or None))
+    return volumes
+
+
+def price_per_second(api: HfApi, flavor: str) -> float | None:
+    """The flavor's price in USD per second, from ``list_jobs_hardware()``."""
+    per = {"second": 1.0, "minute": 60.0, "hour": 3600.0}
+    for hardware in api.list_jobs_hardware():
+        if hardware.name == flavor:
+            unit = per.get((hardware.unit_label or "minute").lower().rstrip("s"), 60.0)
+            return float(hardware.unit_cost_usd) / unit
+    return None
+
+
+def job_command(settings: JobSettings, lab_url: str, experiment_id: str,
+                attempt: int) -> list[str]:
+    """What a job runs: ``autolab run ...``, after ``install`` if the lab sets one."""
+    run = ["autolab", "run", "--lab", lab_url, "--experiment", experiment_id,
+           "--attempt", str(attempt)]
+    if settings.install:
+        return ["bash", "-c", f"{settings.install} && exec {shlex.join(run)}"]
+    return run
+
+
+# -- launching ---------------------------------------------------------------------------
+
+
+class Launcher:
+    """Claims attempts and launches them as jobs (``autolab worker --backend hf-jobs``)."""
+
+    name = BACKEND
+
+    def __init__(self, lab: Lab, settings: JobSettings, api: HfApi | None = None,
+                 say: Callable[[str], None] = print) -> None:
+        self.lab, self.settings, self.say = lab, settings, say
+        self.api = api or hf_api()
+        self.namespace = settings.namespace_for(self.api)
+        self.lab_url = settings.lab_url or lab.store.url
+        self._price: float | None = None
+
+    def price(self) -> float | None:
+        if self._price is None:
+            self._price = price_per_second(self.api, self.settings.flavor)
+            if self._price is None:
+                raise AutoLabError(f"unknown Jobs flavor {self.settings.flavor!r}; see "
+                                   f"`hf jobs hardware` for the flavors")
+        return self._price
+
+    def launch_next(self) -> JobInfo:
+        """Claim one experiment and launch it; NothingToDo when none is claimable or the
+        lab's budget is spent."""
+        view = self.lab.read()
+        left = tx.budget_left(view)
+        if left is not None and left <= 0:
+            raise NothingToDo(f"budget spent: ${tx.spent_usd(view):.2f} of "
+                              f"${view.config.policy.max_usd:.2f} (policy.max_usd)")
+        price = self.price()
+        lease = self.settings.timeout + view.config.policy.lease_margin
+        claim = tx.claim(self.lab, backend=BACKEND, lease_seconds=lease)
+        try:
+            job = self.launch(claim, price)
+        except BaseException as exc:
+            tx.release(self.lab, claim.experiment_id, claim.attempt,
+                       f"launch failed: {str(exc).splitlines()[0][:200]}")
+            raise
+        return job
+
+    def launch(self, claim: tx.Claim, price: float | None) -> JobInfo:
+        settings = self.settings
+        labels = {**settings.labels, "autolab-lab": lab_label(self.lab.store.url),
+                  "autolab-experiment": label_value(claim.experiment_id),
+                  "autolab-attempt": str(claim.attempt),
+                  "autolab-agent": label_value(self.lab.agent)}
+        env = {**settings.env, "AUTOLAB_AGENT": f"{self.lab.agent}-job",
+               "AUTOLAB_JOB_FLAVOR": settings.flavor}
+        if price is not None:
+            env["AUTOLAB_JOB_PRICE_PER_S"] = repr(price)
+        job = self.api.run_job(
+            image=settings.image,
+            command=job_command(settings, self.lab_url, claim.experiment_id, claim.attempt),
+            env=env, secrets=settings.secrets or None, flavor=settings.flavor,
+            timeout=settings.timeout, labels=labels, volumes=parse_volumes(settings.volumes),
+            namespace=self.namespace,
+        )
+        tx.launched(self.lab, claim.experiment_id, claim.attempt, job_id=job.id,
+                    backend=BACKEND, reason=settings.flavor)
+        self.say(f"launched {claim.experiment_id} attempt {claim.attempt} as job {job.id} "
+                 f"({settings.flavor}): {claim.hypothesis}")
+        return job
+
+    def wait(self, job: JobInfo, poll: float = 5.0) -> str:
+        """Block until ``job`` ends; return its stage."""
+        while True:
+            info = self.api.inspect_job(job_id=job.id, namespace=self.namespace)
+            if str(info.status.stage) in _TERMINAL:
+                return str(info.status.stage)
+            time.sleep(poll)
+
+
+# -- liveness ------------------------------------------------------------------------------
+
+
+@dataclass
+class JobCheck:
+    """What :func:`check_jobs` found: experiments whose job is alive, and what it did
+    about jobs that ended without a score."""
+
+    alive: set[str] = field(default_factory=set)
+    settled: list[str] = field(default_factory=list)
+
+
+def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
+               say: Callable[[str], None] = print) -> JobCheck:
+    """Look up the job of every attempt claimed for ``hf-jobs`` and settle ended ones.
+
+    One ``list_jobs`` call (filtered by the lab's label) covers all of them;
+    ``inspect_job`` is the fallback for a job the listing lacks.
+    """
+    from huggingface_hub.errors import HfHubHTTPError
+
+    check = JobCheck()
+    claimed = [e for e in view.state.by_state("claimed") if e.backend == BACKEND]
+    if not claimed:
+        return check
+    launched = tx.launches(view)
+    jobs: dict[tuple[str, int], Any] = {}
+    for job in api.list_jobs(labels={"autolab-lab": lab_label(lab.store.url)},
+                             namespace=namespace):
+        labels = job.labels or {}
+        attempt = labels.get("autolab-attempt", "")
+        if attempt.isdigit():
+            jobs[(labels.get("autolab-experiment", ""), int(attempt))] = job
+    for exp in claimed:
+        job = jobs.get((exp.id, exp.attempt))
+        launch = launched.get((exp.id, exp.attempt))
+        if job is None and launch is not None:
+            try:
+                job = api.inspect_job(job_id=launch["job_id"], namespace=namespace)
+            except HfHubHTTPError as exc:
+                if getattr(exc.response, "status_code", None) != 404:
+                    raise
+                outcome = _settle(lab, exp, None, launch["job_id"], "DELETED",
+                                  "the job no longer exists", api, namespace)
+                if outcome:
+                    check.settled.append(outcome)
+                    say(outcome)
+                continue
+        if job is None:
+            continue  # not launched (yet): the lease decides
+        stage = str(job.status.stage)
+        if stage not in _TERMINAL:
+            check.alive.add(exp.id)
+            continue
+        outcome = _settle(lab, exp, job, job.id, stage, job.status.message or "", api,
+                          namespace)
+        if outcome:
+            check.settled.append(outcome)
+            say(outcome)
+    return check
+
+
+def _settle(lab: Lab, exp: Experiment, job: Any, job_id: str, stage: str, message: str,
+            api: HfApi, namespace: str) -> str:
+    """A job ended and the attempt is still open: recover its metric from the logs, or
+    give the attempt up. Returns what was done ("" if the job's own submit landed)."""
+    current = lab.read().state.experiments[exp.id]
+    if current.state != "claimed" or current.attempt != exp.attempt:
+        return ""  # its score (or another reaper) got there first
+    view = lab.read()
+    text = ""
+    if stage != "DELETED":
+        try:
+            text = "\n".join(api.fetch_job_logs(job_id=job_id, namespace=namespace))
+        except Exception:  # logs are best effort: a deleted job may have none
+            text = ""
+    log_ref = store_log(lab, exp.id, exp.attempt, text.encode()) if text else None
+    what = f"job {job_id} {stage}" + (f": {message}" if message else "")
+    from autolab.agents.summary import classify, parse_summary
+    from autolab.protocol.harness import harness_files, harness_hash
+
+    summary = parse_summary(text)
+    status, metric, _ = classify(summary.metrics, view.config.metric, view.config.bounds)
+    if status == "ok":
+        seconds = _running_seconds(job)
+        price = price_per_second(api, job.flavor) if job is not None and job.flavor else None
+        score = tx.make_score(
+            exp.id, exp.attempt, status="ok", metric=metric, metrics=summary.metrics,
+            reason=f"recovered from the logs of {what}", backend=BACKEND, job_id=job_id,
+            harness_hash=harness_hash(harness_files(lab.store, view.main, view.config)),
+            patch_hash=exp.patch_hash, agent=lab.agent, log_ref=log_ref,
+            flavor=str(job.flavor) if job is not None and job.flavor else None,
+            job_seconds=seconds, cost_usd=seconds * price if seconds and price else None,
+        )
+        result = tx.submit(lab, score)
+        return (f"{exp.id} attempt {exp.attempt}: {view.config.metric}={metric:.6g} recovered "
+                f"from the logs of {what} ({result.outcome})")
+    event = tx.abandon(lab, exp, what + (f" (log: {log_ref})" if log_ref else ""),
+                       view.config.policy.max_attempts)
+    return f"{exp.id} attempt {exp.attempt}: {event} ({what})" if event else ""
+
+
+def _running_seconds(job: Any) -> float | None:
+    durations = getattr(job, "durations", None)
+    seconds = getattr(durations, "running_secs", None) if durations else None
+    return float(seconds) if seconds is not None else None
+
+
+def store_log(lab: Lab, experiment_id: str, attempt: int, data: bytes) -> str:
+    """Keep a run's log (its last ``LOG_CAP_BYTES``) under ``refs/autolab-logs/``.
+
+    Outside ``refs/autolab/`` on purpose: agents never fetch logs unless asked
+    (``git fetch origin refs/autolab-logs/<id>/<attempt>``).
+    """
+    from autolab.protocol.store import FileChange
+
+    ref = f"{LOG_REFS}{experiment_id}/{attempt}"
+    commit = lab.store.make_commit(None, FileChange(add={"run.log": data[-LOG_CAP_BYTES:]}),
+                                   f"log of {experiment_id} attempt {attempt}",
+                                   agent=lab.agent)
+    current = lab.store.fetch_ref(ref)
+    lab.retry_transport(lambda: lab.store.push_ref(ref, commit, current))
+    return ref
+
+
+def liveness(lab: Lab, view: LabView, say: Callable[[str], None] = print) -> set[str]:
+    """Experiments whose HF job is alive (to keep their lease); settles ended jobs.
+
+    Without a reachable Jobs API (no token, no network) nothing is vouched for and
+    leases expire by time alone.
+    """
+    if not any(e.backend == BACKEND for e in view.state.by_state("claimed")):
+        return set()
+    try:
+        api = hf_api()
+        settings = view.config.hf_jobs
+        namespace = settings.namespace or api.whoami()["name"]
+        return check_jobs(lab, view, api, namespace, say).alive
+    except (OSError, ValueError) as exc:  # HfHubHTTPError is an OSError
+        say(f"cannot check HF jobs ({str(exc).splitlines()[0][:200]}); leases decide")
+        return set()

@@ -1,0 +1,77 @@
+"""``autolab run``: one claimed attempt, run to its recorded score, statelessly.
+
+This is what an HF job executes (and what anyone may run by hand to finish an attempt
+they hold): open the lab, check the attempt is still the current claim, run it exactly
+as a local worker would (worktree at the parent, harness from ``main``, branch
+``autolab/exp/<id>``, score, promotion), with the run's output echoed to stdout so
+the job's logs hold the summary block. The score also records the job's flavor, its
+running seconds and their cost, and the log's ref.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from autolab.agents.backends.base import RunResult
+from autolab.agents.backends.local import LocalBackend
+from autolab.agents.worker import Cycle, Worker
+from autolab.protocol import transactions as tx
+from autolab.protocol.errors import AutoLabError, NothingToDo
+from autolab.protocol.lab import Lab
+
+_STARTED = time.monotonic()  # the job's running time is measured from process start
+
+
+class JobRun(Worker):
+    """A worker for exactly one attempt, recording where it ran and what it cost."""
+
+    def __init__(self, lab: Lab, backend_name: str, log_dir: Path,
+                 say: Callable[[str], None] = print) -> None:
+        super().__init__(lab, LocalBackend(echo=True, name=backend_name), log_dir, say)
+        self.flavor = os.environ.get("AUTOLAB_JOB_FLAVOR") or None
+        price = os.environ.get("AUTOLAB_JOB_PRICE_PER_S")
+        self.price = float(price) if price else None
+        self.job_id: str | None = None
+
+    def score_extras(self, claim: tx.Claim, result: RunResult) -> dict:
+        from autolab.agents.backends.hf_jobs import store_log
+
+        seconds = round(time.monotonic() - _STARTED, 3)
+        extras: dict = {"job_id": self.job_id or result.job_id, "flavor": self.flavor}
+        if self.flavor is not None:
+            extras["job_seconds"] = seconds
+            extras["cost_usd"] = seconds * self.price if self.price is not None else None
+        if result.log_path is not None and result.log_path.exists():
+            extras["log_ref"] = store_log(self.lab, claim.experiment_id, claim.attempt,
+                                          result.log_path.read_bytes())
+        return extras
+
+
+def run_attempt(lab: Lab, experiment_id: str, attempt: int, *, backend: str = "hf-jobs",
+                say: Callable[[str], None] = print) -> Cycle:
+    """Run ``attempt`` of ``experiment_id``, which must be the current claim.
+
+    Raises:
+        NothingToDo: the attempt is no longer current (finished, reaped, re-claimed):
+            running it would only produce a late result.
+        AutoLabError: no such experiment or attempt.
+    """
+    view = lab.read()
+    exp = view.state.experiments.get(experiment_id)
+    if exp is None:
+        raise AutoLabError(f"unknown experiment {experiment_id}")
+    if not 1 <= attempt <= exp.attempt:
+        raise AutoLabError(f"attempt {attempt} of experiment {experiment_id} was never claimed")
+    if exp.state != "claimed" or exp.attempt != attempt:
+        raise NothingToDo(f"experiment {experiment_id} attempt {attempt} is not current "
+                          f"({exp.state} at attempt {exp.attempt}): nothing to run")
+    claim = tx.Claim(experiment_id, attempt, exp.lease_until, exp.patch, exp.patch_hash,
+                     exp.hypothesis, exp.parent_commit, view.main)
+    runner = JobRun(lab, backend, Path(tempfile.mkdtemp(prefix="autolab-run-")), say)
+    launch = tx.launches(view).get((experiment_id, attempt))
+    runner.job_id = launch["job_id"] if launch else os.environ.get("JOB_ID")
+    return runner.execute(claim)

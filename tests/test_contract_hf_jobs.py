@@ -1,0 +1,260 @@
+"""The hf-jobs backend against a local stand-in of the Hub's Jobs REST API.
+
+Contract tests: the Hub cannot be reached from here, so ``tests/hub_contract`` serves
+the documented Jobs endpoints on 127.0.0.1 (``HF_ENDPOINT`` points at it) and really
+runs each job's command (``autolab run ...``) as a local process against a real lab
+behind a real ``git daemon``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from huggingface_hub import HfApi
+
+from autolab.agents.backends.hf_jobs import lab_label
+from autolab.agents.knobs import set_knobs, unified_diff
+from autolab.agents.lab_init import init_lab
+from autolab.agents.reaping import reap
+from autolab.protocol import transactions as tx
+from autolab.protocol.lab import Lab, now
+
+from .conftest import REPO, Remote, run_cli
+from .hub_contract.jobs_server import JobsServer
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "hf_contracttoken0123456789"
+USER = "autolab-test"
+
+
+@pytest.fixture
+def hub(tmp_path):
+    venv_bin = str(Path(sys.executable).parent)
+    with JobsServer(user=USER, path_prefix=[venv_bin], kill_grace_s=1.0, extra_env={
+        "PYTHONUNBUFFERED": "1", "AUTOLAB_CACHE": str(tmp_path / "job-cache"),
+        "AUTOLAB_REF_GRACE": "0",
+    }) as server:
+        yield server
+
+
+def _lab(tmp_path: Path, git_daemon, extra: str = "", policy: str = "") -> Remote:
+    name = f"hf-{tmp_path.name}.git"
+    bare = git_daemon.base / name
+
+    def edit(work: Path) -> None:
+        config = work / "autolab.toml"
+        text = config.read_text().replace("[policy]\n", "[policy]\n" + policy)
+        config.write_text(text + extra)
+
+    init_lab(bare, "blank", bare=True, edit=edit)
+    return Remote("daemon", git_daemon.url(name), bare)
+
+
+def _env(hub: JobsServer) -> dict[str, str]:
+    return {"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN}
+
+
+def _propose(lab: Lab, x: float, *, prefix: str = "", suffix: str = "") -> str:
+    source = (REPO / "repo_template" / "blank" / "experiment.py").read_text()
+    edited = set_knobs(source, {"X": x})
+    edited = edited.replace("X = ", prefix + "X = ", 1) + suffix
+    [eid] = tx.propose(lab, [tx.Proposal(f"X to {x}", unified_diff("experiment.py", source,
+                                                                     edited))])
+    assert eid
+    return eid
+
+
+def _launch(lab_url: str, hub: JobsServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli("worker", "--lab", lab_url, "--backend", "hf-jobs", "--once",
+                   "--namespace", USER, "--agent", "laptop", *args, env=_env(hub))
+
+
+def _only_job(hub: JobsServer, api: HfApi, eid: str, attempt: int):  # noqa: ANN202
+    jobs = list(api.list_jobs(namespace=USER, labels={"autolab-experiment": eid,
+                                                       "autolab-attempt": str(attempt)}))
+    assert len(jobs) == 1, jobs
+    return jobs[0]
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_contract_detached_launch_completes_with_a_promotion(hub, tmp_path, git_daemon):
+    remote = _lab(tmp_path, git_daemon)
+    lab = Lab.open(remote.url, "planner")
+    eid = _propose(lab, 2.5)
+    started = time.monotonic()
+    proc = _launch(remote.url, hub, "--flavor", "cpu-basic")
+    assert proc.returncode == 0, proc.stderr
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    job = _only_job(hub, api, eid, 1)
+    assert hub.job(job.id)["status"]["stage"] in ("RUNNING", "COMPLETED")  # detached
+    assert job.labels["autolab-lab"] == lab_label(remote.url)
+    assert job.labels["autolab-agent"] == "laptop" and job.flavor == "cpu-basic"
+    assert job.command[:2] == ["autolab", "run"]
+    assert hub.wait_job(job.id, timeout=120) == "COMPLETED", "\n".join(hub.logs(job.id)[-8:])
+
+    view = Lab.open(remote.url, "check").read()
+    exp = view.state.experiments[eid]
+    assert exp.state == "done" and exp.promoted, exp
+    score = exp.result
+    assert score["backend"] == "hf-jobs" and score["job_id"] == job.id
+    assert score["flavor"] == "cpu-basic"
+    assert 0 < score["job_seconds"] < time.monotonic() - started + 1
+    price = 167e-6 / 60  # the stand-in's cpu-basic price, USD per second
+    assert score["cost_usd"] == pytest.approx(score["job_seconds"] * price)
+    assert score["log_ref"] == f"refs/autolab-logs/{eid}/1"
+    log = remote.git("show", f"{score['log_ref']}:run.log")
+    assert "score: 0.250000" in log
+    assert "X = 2.5" in remote.git("show", "main:experiment.py")
+    launched = tx.launches(view)[(eid, 1)]
+    assert launched["job_id"] == job.id
+    # The token went to the job as a secret, and nowhere into the lab.
+    created = [r for r in hub.requests if r.method == "POST" and r.path == f"/api/jobs/{USER}"]
+    assert created[0].body["secrets"] == {"HF_TOKEN": TOKEN}
+    everything = remote.git("log", "--all", "-p", "--format=%B")
+    assert TOKEN not in everything and TOKEN not in str(view.table("scores").to_pylist())
+
+
+def test_contract_a_failing_job_is_requeued_then_failed_after_max_attempts(
+        hub, tmp_path, git_daemon):
+    # Jobs are told to use a lab URL nothing listens on: `autolab run` exits 1.
+    remote = _lab(tmp_path, git_daemon, '\n[hf_jobs]\nlab_url = "git://127.0.0.1:9/nope.git"\n')
+    lab = Lab.open(remote.url, "planner")
+    eid = _propose(lab, 1.0)
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    events = []
+    for attempt in (1, 2, 3):
+        proc = _launch(remote.url, hub)
+        assert proc.returncode == 0, proc.stderr
+        job = _only_job(hub, api, eid, attempt)
+        assert hub.wait_job(job.id, timeout=120) == "ERROR"
+        proc = run_cli("reap", "--lab", remote.url, "--json", env=_env(hub), check=True)
+        exp = Lab.open(remote.url, "check").read().state.experiments[eid]
+        events.append(exp.state)
+        assert f"job {job.id} ERROR" in exp.reason
+        assert "exit code" in exp.reason  # the job's status message
+    assert events == ["queued", "queued", "failed"]
+    assert "max_attempts 3" in exp.reason
+
+
+def test_contract_a_job_cancelled_from_outside_is_requeued_and_a_running_one_kept(
+        hub, tmp_path, git_daemon):
+    remote = _lab(tmp_path, git_daemon)
+    lab = Lab.open(remote.url, "planner")
+    eid = _propose(lab, 1.0, prefix="import time\ntime.sleep(60)\n")
+    assert _launch(remote.url, hub).returncode == 0
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    job = _only_job(hub, api, eid, 1)
+    _wait_for(lambda: any("running `python experiment.py`" in line
+                          for line in hub.logs(job.id)))
+    # Long past its lease, a job the Jobs API reports RUNNING keeps it.
+    os.environ.update(_env(hub))
+    try:
+        reporter = Lab.open(remote.url, "reporter")
+        assert reap(reporter, say=lambda _: None, at=now() + timedelta(days=1)) == []
+        assert reporter.read().state.experiments[eid].state == "claimed"
+        api.cancel_job(job_id=job.id, namespace=USER)
+        assert hub.wait_job(job.id, timeout=30) == "CANCELED"
+        lines: list[str] = []
+        reap(reporter, say=lines.append)
+    finally:
+        for key in _env(hub):
+            os.environ.pop(key, None)
+    exp = Lab.open(remote.url, "check").read().state.experiments[eid]
+    assert exp.state == "queued" and f"job {job.id} CANCELED" in exp.reason, (exp, lines)
+
+
+def test_contract_a_killed_job_has_its_metric_recovered_from_its_logs(
+        hub, tmp_path, git_daemon):
+    remote = _lab(tmp_path, git_daemon)
+    lab = Lab.open(remote.url, "planner")
+    # Prints its summary block, then hangs: killed before `autolab run` could submit.
+    eid = _propose(lab, 2.0, suffix="import time\ntime.sleep(60)\n")
+    assert _launch(remote.url, hub).returncode == 0
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    job = _only_job(hub, api, eid, 1)
+    _wait_for(lambda: any("score: 1.000000" in line for line in hub.logs(job.id)))
+    hub.kill_process(job.id)
+    assert hub.wait_job(job.id, timeout=30) == "ERROR"
+    proc = run_cli("reap", "--lab", remote.url, env=_env(hub), check=True)
+    assert "recovered from the logs" in proc.stdout
+    exp = Lab.open(remote.url, "check").read().state.experiments[eid]
+    assert exp.state == "done" and exp.result["metric"] == 1.0
+    assert "recovered from the logs of job" in exp.result["reason"]
+    assert not exp.promoted  # no pushed result commit to merge
+    assert "score: 1.000000" in remote.git("show", f"{exp.result['log_ref']}:run.log")
+
+
+def test_contract_budget_exhaustion_stops_launches_and_proposals(hub, tmp_path, git_daemon):
+    remote = _lab(tmp_path, git_daemon, policy="max_usd = 0.0000001\n")
+    lab = Lab.open(remote.url, "planner")
+    eid = _propose(lab, 2.0)
+    _propose(lab, 2.2)
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    assert _launch(remote.url, hub).returncode == 0
+    first = [j for j in api.list_jobs(namespace=USER)]
+    assert len(first) == 1
+    assert hub.wait_job(first[0].id, timeout=120) == "COMPLETED"
+    spent = tx.spent_usd(Lab.open(remote.url, "check").read())
+    assert spent > 0.0000001
+    proc = _launch(remote.url, hub)
+    assert proc.returncode == 3 and "budget spent" in proc.stderr
+    assert len(list(api.list_jobs(namespace=USER))) == 1  # nothing more launched
+    proc = run_cli("planner", "--lab", remote.url, "--once", env=_env(hub), check=True)
+    assert "budget spent" in proc.stdout
+    assert eid in Lab.open(remote.url, "check").read().state.experiments
+
+
+def test_contract_a_scheduled_worker_triggered_twice_runs_two_experiments(
+        hub, tmp_path, git_daemon):
+    remote = _lab(tmp_path, git_daemon)
+    lab = Lab.open(remote.url, "planner")
+    ids = [_propose(lab, 2.0), _propose(lab, 2.5)]
+    proc = run_cli("schedule", "--lab", remote.url, "--role", "worker", "--every", "10m",
+                   "--namespace", USER, env=_env(hub))
+    assert proc.returncode == 0, proc.stderr
+    scheduled_id = proc.stdout.split(" as ")[1].split(":")[0]
+    listed = run_cli("schedule", "--lab", remote.url, "--namespace", USER, "list",
+                     env=_env(hub), check=True).stdout
+    assert scheduled_id in listed and "*/10 * * * *" in listed and "worker" in listed
+    for _ in range(2):
+        job_id = hub.trigger_scheduled(scheduled_id)
+        assert job_id is not None
+        assert hub.wait_job(job_id, timeout=120) == "COMPLETED", "\n".join(hub.logs(job_id)[-8:])
+    state = Lab.open(remote.url, "check").read().state
+    assert all(state.experiments[i].state == "done" for i in ids)
+    for action in ("suspend", "resume", "delete"):
+        run_cli("schedule", "--namespace", USER, action, scheduled_id, env=_env(hub),
+                check=True)
+    listed = run_cli("schedule", "--lab", remote.url, "--namespace", USER, "list",
+                     env=_env(hub), check=True).stdout
+    assert scheduled_id not in listed
+
+
+def test_contract_labels_the_hub_refuses_are_never_sent(hub, tmp_path, git_daemon):
+    """Lab URLs and agent ids become label values of letters, digits, - and _ only."""
+    url = f"git://127.0.0.1:{git_daemon.port}/team.v2/lab:one.git"
+    value = lab_label(url)
+    assert set(value) <= set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
+    assert value == lab_label(url) and value != lab_label(url.replace("one", "two"))
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    job = api.run_job(image="python:3.12", command=["true"], namespace=USER,
+                      labels={"autolab-lab": value})
+    assert hub.wait_job(job.id, timeout=30) == "COMPLETED"
+    from huggingface_hub.errors import HfHubHTTPError
+
+    with pytest.raises(HfHubHTTPError):  # the raw URL is refused, as by the Hub
+        api.run_job(image="python:3.12", command=["true"], namespace=USER,
+                    labels={"autolab-lab": url})
