@@ -75,6 +75,7 @@ def run_demo(*, workers: int = 2, minutes: float = 3.0, directory: Path | None =
     timeout = None if budget is None else max(30.0, budget * 4 + 20)
     init_lab(lab_path, template, bare=True, edit=_set_budget(budget, timeout))
     env = {"AUTOLAB_CACHE": str(root / "cache"), "AUTOLAB_DATA_DIR": str(root / "data"),
+           "TRACKIO_DIR": str(root / "trackio"),
            "AUTOLAB_STATS": str(root / "cycles.jsonl")}
     os.environ.update({k: env[k] for k in ("AUTOLAB_CACHE",)})
     swarm = Swarm(str(lab_path), workers=workers, depth=depth or max(2, workers + 1),

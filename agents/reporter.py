@@ -1,4 +1,5 @@
-"""The reporter (minimal): reaps expired leases, folds record refs, compacts shards."""
+"""The reporter: reaps leases (asking the Jobs API about remote runs), folds record
+refs, compacts shards, and mirrors finished experiments into Trackio."""
 
 from __future__ import annotations
 
@@ -6,12 +7,16 @@ from collections.abc import Callable
 
 from autolab.agents.reaping import reap
 from autolab.protocol import transactions as tx
+from autolab.protocol.errors import AutoLabError
 from autolab.protocol.lab import Lab
+from autolab.protocol.reader import LabView
 
 COMPACT_AT = 32  # shards in one table on main
 
 
-def report_once(lab: Lab, say: Callable[[str], None] = print) -> None:
+def report_once(lab: Lab, say: Callable[[str], None] = print, *, trackio: bool = True,
+                project: str | None = None) -> None:
+    """One round. A Trackio failure is reported, never allowed to stop the round."""
     view = lab.read()
     reap(lab, view, say)
     if lab.fold(view, always=True):
@@ -20,3 +25,14 @@ def report_once(lab: Lab, say: Callable[[str], None] = print) -> None:
         report = tx.compact(lab)
         if report.commit:
             say(f"compacted {sum(report.shards_before.values())} shards")
+    if trackio:
+        _sync_trackio(view, project, say)
+
+
+def _sync_trackio(view: LabView, project: str | None, say: Callable[[str], None]) -> None:
+    try:
+        from autolab.scoreboard.trackio_sync import sync
+
+        sync(view, project, say=say)
+    except (AutoLabError, ImportError, OSError) as exc:
+        say(f"trackio sync skipped: {str(exc).splitlines()[0][:200]}")

@@ -49,7 +49,7 @@ class HfJobsConfig:
     """
 
     flavor: str = "cpu-basic"
-    image: str = "ghcr.io/astral-sh/uv:python3.12-bookworm"
+    image: str = "ghcr.io/astral-sh/uv:python3.12-bookworm"  # needs `install` (no autolab)
     namespace: str | None = None  # default: the token's user
     timeout: float | None = None  # default: run.timeout + 600 s for start-up
     secrets: tuple[str, ...] = ("HF_TOKEN",)  # names of local env vars sent as secrets

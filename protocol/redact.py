@@ -7,7 +7,8 @@ import re
 
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<cred>[^/@\s]+)@")
 _TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
-_SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GIT_PASSWORD", "GITHUB_TOKEN")
+_SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GIT_PASSWORD", "GITHUB_TOKEN",
+               "AUTOLAB_GIT_TOKEN")
 
 
 def redact(text: str) -> str:

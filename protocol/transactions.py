@@ -132,8 +132,10 @@ def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
         if not queued:
             if view.snapshot.fetched_at < started:
                 continue  # "nothing" only counts on a fresh fetch
-            if lost and experiment_id is None:
-                lost.clear()  # the ones we lost may have been released meanwhile
+            if lost:
+                # The ones we lost may have been released meanwhile, or we lost only
+                # because our view was stale: look again on a fresh fetch.
+                lost.clear()
                 continue
             raise NothingToDo("nothing to claim")
         exp = random.choices(queued, weights=[max(e.priority, 1e-3) for e in queued])[0]

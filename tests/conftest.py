@@ -98,6 +98,7 @@ class Remote:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUTOLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))  # reporters sync there
     monkeypatch.delenv("AUTOLAB_LAB", raising=False)
     monkeypatch.delenv("AUTOLAB_AGENT", raising=False)
 

@@ -31,6 +31,7 @@ from .hub_contract.jobs_server import JobsServer
 pytestmark = pytest.mark.slow
 
 TOKEN = "hf_contracttoken0123456789"
+IMAGE = "python:3.12-autolab"  # the stand-in runs commands here; the image is recorded
 USER = "autolab-test"
 
 
@@ -73,7 +74,8 @@ def _propose(lab: Lab, x: float, *, prefix: str = "", suffix: str = "") -> str:
 
 def _launch(lab_url: str, hub: JobsServer, *args: str) -> subprocess.CompletedProcess[str]:
     return run_cli("worker", "--lab", lab_url, "--backend", "hf-jobs", "--once",
-                   "--namespace", USER, "--agent", "laptop", *args, env=_env(hub))
+                   "--namespace", USER, "--agent", "laptop", "--image", IMAGE, *args,
+                   env=_env(hub))
 
 
 def _only_job(hub: JobsServer, api: HfApi, eid: str, attempt: int):  # noqa: ANN202
@@ -95,14 +97,19 @@ def test_contract_detached_launch_completes_with_a_promotion(hub, tmp_path, git_
     lab = Lab.open(remote.url, "planner")
     eid = _propose(lab, 2.5)
     started = time.monotonic()
-    proc = _launch(remote.url, hub, "--flavor", "cpu-basic")
+    proc = _launch(remote.url, hub, "--flavor", "cpu-basic", "--volume",
+                   "hf://buckets/autolab-test/cache:/data", "--label", "team=lm")
     assert proc.returncode == 0, proc.stderr
     api = HfApi(endpoint=hub.endpoint, token=TOKEN)
     job = _only_job(hub, api, eid, 1)
     assert hub.job(job.id)["status"]["stage"] in ("RUNNING", "COMPLETED")  # detached
     assert job.labels["autolab-lab"] == lab_label(remote.url)
     assert job.labels["autolab-agent"] == "laptop" and job.flavor == "cpu-basic"
-    assert job.command[:2] == ["autolab", "run"]
+    assert job.command[:2] == ["autolab", "run"] and job.docker_image == IMAGE
+    assert job.labels["team"] == "lm" and job.labels["autolab-attempt"] == "1"
+    [body] = [r.body for r in hub.requests if r.method == "POST" and r.path == f"/api/jobs/{USER}"]
+    assert body["volumes"] == [{"type": "bucket", "source": "autolab-test/cache",
+                                "mountPath": "/data"}]
     assert hub.wait_job(job.id, timeout=120) == "COMPLETED", "\n".join(hub.logs(job.id)[-8:])
 
     view = Lab.open(remote.url, "check").read()
@@ -121,8 +128,7 @@ def test_contract_detached_launch_completes_with_a_promotion(hub, tmp_path, git_
     launched = tx.launches(view)[(eid, 1)]
     assert launched["job_id"] == job.id
     # The token went to the job as a secret, and nowhere into the lab.
-    created = [r for r in hub.requests if r.method == "POST" and r.path == f"/api/jobs/{USER}"]
-    assert created[0].body["secrets"] == {"HF_TOKEN": TOKEN}
+    assert body["secrets"] == {"HF_TOKEN": TOKEN}
     everything = remote.git("log", "--all", "-p", "--format=%B")
     assert TOKEN not in everything and TOKEN not in str(view.table("scores").to_pylist())
 
@@ -223,7 +229,7 @@ def test_contract_a_scheduled_worker_triggered_twice_runs_two_experiments(
     lab = Lab.open(remote.url, "planner")
     ids = [_propose(lab, 2.0), _propose(lab, 2.5)]
     proc = run_cli("schedule", "--lab", remote.url, "--role", "worker", "--every", "10m",
-                   "--namespace", USER, env=_env(hub))
+                   "--namespace", USER, "--image", IMAGE, env=_env(hub))
     assert proc.returncode == 0, proc.stderr
     scheduled_id = proc.stdout.split(" as ")[1].split(":")[0]
     listed = run_cli("schedule", "--lab", remote.url, "--namespace", USER, "list",
@@ -241,6 +247,16 @@ def test_contract_a_scheduled_worker_triggered_twice_runs_two_experiments(
     listed = run_cli("schedule", "--lab", remote.url, "--namespace", USER, "list",
                      env=_env(hub), check=True).stdout
     assert scheduled_id not in listed
+
+
+def test_contract_the_default_image_without_install_is_refused(hub, tmp_path, git_daemon):
+    remote = _lab(tmp_path, git_daemon)
+    _propose(Lab.open(remote.url, "planner"), 1.0)
+    proc = run_cli("worker", "--lab", remote.url, "--backend", "hf-jobs", "--once",
+                   "--namespace", USER, env=_env(hub))
+    assert proc.returncode == 1 and "[hf_jobs].install" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert Lab.open(remote.url, "check").read().state.experiments["0001"].state == "queued"
 
 
 def test_contract_labels_the_hub_refuses_are_never_sent(hub, tmp_path, git_daemon):

@@ -154,6 +154,18 @@ def price_per_second(api: HfApi, flavor: str) -> float | None:
     return None
 
 
+DEFAULT_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
+
+
+def check_runnable(settings: JobSettings) -> None:
+    """A job needs autolab: an image that has it, or an ``install`` command."""
+    if settings.image == DEFAULT_IMAGE and not settings.install:
+        raise AutoLabError(
+            "hf_jobs: the default image has no autolab; set [hf_jobs].install (e.g. "
+            "\"pip install 'autolab @ git+https://github.com/<org>/autolab'\") or --image "
+            "to an image with autolab installed")
+
+
 def job_command(settings: JobSettings, lab_url: str, experiment_id: str,
                 attempt: int) -> list[str]:
     """What a job runs: ``autolab run ...``, after ``install`` if the lab sets one."""
@@ -174,6 +186,7 @@ class Launcher:
 
     def __init__(self, lab: Lab, settings: JobSettings, api: HfApi | None = None,
                  say: Callable[[str], None] = print) -> None:
+        check_runnable(settings)
         self.lab, self.settings, self.say = lab, settings, say
         self.api = api or hf_api()
         self.namespace = settings.namespace_for(self.api)

@@ -10,6 +10,7 @@ Exit codes: 0 success, 1 error (one line on stderr), 2 usage error, 3 nothing to
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -28,9 +29,17 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from autolab.agents.cli import cmd_agents, cmd_lab, cmd_queue, cmd_read
+    from autolab.agents.cli import (
+        cmd_agents,
+        cmd_hf,
+        cmd_lab,
+        cmd_queue,
+        cmd_read,
+        cmd_report,
+        cmd_trackio,
+    )
 
-    for module in (cmd_lab, cmd_queue, cmd_read, cmd_agents):
+    for module in (cmd_lab, cmd_queue, cmd_read, cmd_agents, cmd_hf, cmd_report, cmd_trackio):
         module.register(app)
 
 
@@ -47,4 +56,9 @@ def main(argv: list[str] | None = None) -> None:
 
         kind = "" if exc.exit_code == 3 else "error: "
         print(f"autolab: {kind}{redact(str(exc))}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Skip interpreter finalization: after some failed reads (a corrupt parquet
+        # file), pyarrow's C++ thread pool can abort the process at exit ("terminate
+        # called without an active exception", exit -6), hiding the exit code.
+        os._exit(exc.exit_code)

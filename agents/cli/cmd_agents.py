@@ -126,14 +126,22 @@ def planner(
     _rounds(once, loop, interval, lambda: plan_once(the_lab, depth, say))
 
 
-def reporter(lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False,
-             loop: LoopOpt = False, interval: IntervalOpt = 5.0) -> None:
-    """Reap expired leases, fold record refs into main, compact shards."""
+def reporter(
+    lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
+    interval: IntervalOpt = 5.0,
+    trackio: Annotated[bool, typer.Option(help="Mirror finished experiments into Trackio "
+                                          "($TRACKIO_DIR).")] = True,
+    project: Annotated[str | None, typer.Option(help="Trackio project (default: the lab's "
+                                                "name).", show_default=False)] = None,
+) -> None:
+    """Reap expired leases (asking the Jobs API about HF jobs), fold record refs into main,
+    compact shards, sync Trackio."""
     from autolab.agents.reporter import report_once
 
     the_lab = open_lab(lab, agent)
     say = _say(f"reporter {the_lab.agent}")
-    _rounds(once, loop, interval, lambda: report_once(the_lab, say))
+    _rounds(once, loop, interval,
+            lambda: report_once(the_lab, say, trackio=trackio, project=project))
 
 
 def swarm(
@@ -201,6 +209,8 @@ def demo(
                   f"  autolab sql --lab {report.lab} \"SELECT experiment_id, state, metric, "
                   f"hypothesis FROM experiments ORDER BY metric\"\n"
                   f"  git -C {report.lab} log --first-parent --oneline main\n"
+                  f"  autolab report --lab {report.lab} --out {report.dir / 'report'}\n"
+                  f"  TRACKIO_DIR={report.dir / 'trackio'} autolab dashboard --lab {report.lab}\n"
                   f"  logs: {report.dir / 'logs'}")
 
 

@@ -144,7 +144,13 @@ def schedule(
     if ctx.invoked_subcommand is not None:
         ctx.obj = {"lab": lab, "namespace": namespace, "json": as_json}
         return
-    from autolab.agents.backends.hf_jobs import JobSettings, hf_api, lab_label, parse_volumes
+    from autolab.agents.backends.hf_jobs import (
+        JobSettings,
+        check_runnable,
+        hf_api,
+        lab_label,
+        parse_volumes,
+    )
     from autolab.protocol.errors import AutoLabError
 
     if role not in ROLES:
@@ -154,6 +160,7 @@ def schedule(
     config = the_lab.read().config
     settings = JobSettings.from_config(config.hf_jobs, config.timeout, flavor=flavor,
                                        image=image, namespace=namespace, timeout=job_timeout)
+    check_runnable(settings)
     api = hf_api()
     url = settings.lab_url or the_lab.store.url
     command = ["autolab", role, "--lab", url, "--once"]

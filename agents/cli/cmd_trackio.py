@@ -1,0 +1,67 @@
+"""Trackio verbs: ``trackio-sync`` and ``dashboard`` (trackio is imported inside them)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Annotated
+from urllib.parse import quote
+
+import typer
+
+from autolab.agents.cli.common import LabOpt, open_lab
+
+ProjectOpt = Annotated[
+    str | None,
+    typer.Option("--project", help="Trackio project (default: the lab's name, else a slug of "
+                 "its URL).", show_default=False),
+]
+HOST = "127.0.0.1"  # the dashboard can rename and delete runs: never serve it beyond loopback
+
+
+def trackio_sync(lab: LabOpt = None, project: ProjectOpt = None) -> None:
+    """Copy finished experiments, the running best and anomalies into Trackio ($TRACKIO_DIR)."""
+    from autolab.scoreboard.trackio_sync import sync
+
+    report = sync(open_lab(lab).read(), project)
+    if not report.changed:
+        print(f"trackio: project {report.project} is up to date ({report.directory})")
+
+
+def dashboard(
+    lab: LabOpt = None, project: ProjectOpt = None,
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: the first "
+                                             "free one from 7860).", show_default=False)] = None,
+    browser: Annotated[bool, typer.Option(help="Open it in a web browser.")] = False,
+) -> None:
+    """Sync the lab into Trackio, then serve Trackio's dashboard on 127.0.0.1 until stopped."""
+    from autolab.scoreboard.trackio_sync import quiet, sync
+
+    report = sync(open_lab(lab).read(), project)
+    import trackio
+
+    with quiet():  # trackio prints its own banner, including a write-token URL
+        server, local_url, _, _ = trackio.show(
+            project=report.project, host=HOST, server_port=port, share=False,
+            mcp_server=False, open_browser=False, block_thread=False)
+    url = f"{local_url.rstrip('/')}/?project={quote(report.project)}"
+    print(f"dashboard: {url}  (Ctrl-C to stop)", flush=True)
+    if browser:
+        import webbrowser
+
+        webbrowser.open(url)
+
+    def stop(signum, frame):  # noqa: ANN001, ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        server.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("trackio-sync")(trackio_sync)
+    app.command()(dashboard)
