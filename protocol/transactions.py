@@ -318,12 +318,12 @@ def abandon(lab: Lab, exp: Experiment, reason: str, max_attempts: int) -> str | 
     return event if _end_attempt(lab, exp.id, exp.attempt, event, reason) else None
 
 
-def launched(lab: Lab, experiment_id: str, attempt: int, *, job_id: str, backend: str,
-             reason: str | None = None) -> bool:
+def launched(lab: Lab, experiment_id: str, attempt: int, *, job_id: str,
+             backend: str) -> bool:
     """Record that ``attempt`` runs as remote job ``job_id`` (create-only: one launch per
     attempt, so two launchers can never both start it). False if already recorded."""
     row = {"experiment_id": experiment_id, "event": "launched", "attempt": attempt,
-           "at": now(), "job_id": job_id, "backend": backend, "reason": reason}
+           "at": now(), "job_id": job_id, "backend": backend}
     try:
         lab.create_record(record_ref("launches", experiment_id, attempt), {"queue": [row]},
                           f"launch {experiment_id} attempt {attempt}: job {job_id}")

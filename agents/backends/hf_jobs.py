@@ -66,6 +66,14 @@ def lab_label(url: str) -> str:
     return f"{label_value(name)[:40]}-{digest}"
 
 
+def hub_error(what: str, exc: BaseException) -> AutoLabError:
+    """A Hub failure (HTTP error, refused connection...) as one redacted line."""
+    from autolab.protocol.redact import redact
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return AutoLabError(f"HF Jobs API: {what}: {redact(first)[:300]}")
+
+
 def hf_api(token: str | None = None) -> HfApi:
     """A client for ``$HF_ENDPOINT`` (default: the Hub)."""
     from huggingface_hub import HfApi
@@ -189,13 +197,19 @@ class Launcher:
         check_runnable(settings)
         self.lab, self.settings, self.say = lab, settings, say
         self.api = api or hf_api()
-        self.namespace = settings.namespace_for(self.api)
+        try:
+            self.namespace = settings.namespace_for(self.api)
+        except Exception as exc:  # the client raises HTTP and transport errors alike
+            raise hub_error("whoami", exc) from None
         self.lab_url = settings.lab_url or lab.store.url
         self._price: float | None = None
 
     def price(self) -> float | None:
         if self._price is None:
-            self._price = price_per_second(self.api, self.settings.flavor)
+            try:
+                self._price = price_per_second(self.api, self.settings.flavor)
+            except Exception as exc:
+                raise hub_error("list_jobs_hardware", exc) from None
             if self._price is None:
                 raise AutoLabError(f"unknown Jobs flavor {self.settings.flavor!r}; see "
                                    f"`hf jobs hardware` for the flavors")
@@ -215,8 +229,11 @@ class Launcher:
         try:
             job = self.launch(claim, price)
         except BaseException as exc:
+            error = exc if isinstance(exc, AutoLabError) else hub_error("run_job", exc)
             tx.release(self.lab, claim.experiment_id, claim.attempt,
-                       f"launch failed: {str(exc).splitlines()[0][:200]}")
+                       f"launch failed: {str(error)[:200]}")
+            if isinstance(exc, Exception) and error is not exc:
+                raise error from None
             raise
         return job
 
@@ -238,7 +255,7 @@ class Launcher:
             namespace=self.namespace,
         )
         tx.launched(self.lab, claim.experiment_id, claim.attempt, job_id=job.id,
-                    backend=BACKEND, reason=settings.flavor)
+                    backend=BACKEND)
         self.say(f"launched {claim.experiment_id} attempt {claim.attempt} as job {job.id} "
                  f"({settings.flavor}): {claim.hypothesis}")
         return job
@@ -268,27 +285,21 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
                say: Callable[[str], None] = print) -> JobCheck:
     """Look up the job of every attempt claimed for ``hf-jobs`` and settle ended ones.
 
-    One ``list_jobs`` call (filtered by the lab's label) covers all of them;
-    ``inspect_job`` is the fallback for a job the listing lacks.
+    A launched attempt's job is read with ``inspect_job`` (its id is in the queue); one
+    whose launch was never recorded (the launcher died in between) is found by its
+    labels with ``list_jobs``. Calls scale with the attempts in flight, not with the
+    lab's history.
     """
     from huggingface_hub.errors import HfHubHTTPError
 
     check = JobCheck()
-    claimed = [e for e in view.state.by_state("claimed") if e.backend == BACKEND]
-    if not claimed:
-        return check
     launched = tx.launches(view)
-    jobs: dict[tuple[str, int], Any] = {}
-    for job in api.list_jobs(labels={"autolab-lab": lab_label(lab.store.url)},
-                             namespace=namespace):
-        labels = job.labels or {}
-        attempt = labels.get("autolab-attempt", "")
-        if attempt.isdigit():
-            jobs[(labels.get("autolab-experiment", ""), int(attempt))] = job
-    for exp in claimed:
-        job = jobs.get((exp.id, exp.attempt))
+    for exp in view.state.by_state("claimed"):
+        if exp.backend != BACKEND:
+            continue
         launch = launched.get((exp.id, exp.attempt))
-        if job is None and launch is not None:
+        job = None
+        if launch is not None:
             try:
                 job = api.inspect_job(job_id=launch["job_id"], namespace=namespace)
             except HfHubHTTPError as exc:
@@ -300,6 +311,12 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
                     check.settled.append(outcome)
                     say(outcome)
                 continue
+        else:
+            labels = {"autolab-lab": lab_label(lab.store.url),
+                      "autolab-experiment": label_value(exp.id),
+                      "autolab-attempt": str(exp.attempt)}
+            found = list(api.list_jobs(labels=labels, namespace=namespace))
+            job = found[-1] if found else None
         if job is None:
             continue  # not launched (yet): the lease decides
         stage = str(job.status.stage)
@@ -390,6 +407,8 @@ def liveness(lab: Lab, view: LabView, say: Callable[[str], None] = print) -> set
         settings = view.config.hf_jobs
         namespace = settings.namespace or api.whoami()["name"]
         return check_jobs(lab, view, api, namespace, say).alive
-    except (OSError, ValueError) as exc:  # HfHubHTTPError is an OSError
-        say(f"cannot check HF jobs ({str(exc).splitlines()[0][:200]}); leases decide")
+    except AutoLabError:
+        raise
+    except Exception as exc:  # HTTP and transport errors of the client alike
+        say(f"cannot check HF jobs ({hub_error('liveness', exc)}); leases decide")
         return set()

@@ -51,9 +51,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Standalone mode: click prints usage errors and exits 2, and typer.Exit(n) exits n.
         app(args=argv)
-    except AutoLabError as exc:
+    except Exception as exc:
         from autolab.protocol.redact import redact
 
+        if not isinstance(exc, AutoLabError):
+            if not type(exc).__module__.startswith(("huggingface_hub", "httpx")):
+                raise
+            # A Hub client failure (HTTP status, refused connection): one line too.
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            exc = AutoLabError(f"Hugging Face API: {first[:300]}")
         kind = "" if exc.exit_code == 3 else "error: "
         print(f"autolab: {kind}{redact(str(exc))}", file=sys.stderr)
         sys.stdout.flush()

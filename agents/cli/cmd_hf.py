@@ -168,12 +168,18 @@ def schedule(
         import shlex
 
         command = ["bash", "-c", f"{settings.install} && exec {shlex.join(command)}"]
+    try:
+        namespace_ = settings.namespace_for(api)
+    except Exception as exc:
+        from autolab.agents.backends.hf_jobs import hub_error
+
+        raise hub_error("whoami", exc) from None
     job = api.create_scheduled_job(
         image=settings.image, command=command, schedule=when, env=settings.env or None,
         secrets=settings.secrets or None, flavor=settings.flavor, timeout=settings.timeout,
         labels={**settings.labels, "autolab-lab": lab_label(the_lab.store.url),
                 "autolab-role": role},
-        volumes=parse_volumes(settings.volumes), namespace=settings.namespace_for(api),
+        volumes=parse_volumes(settings.volumes), namespace=namespace_,
     )
     if as_json:
         print_json({"id": job.id, "schedule": when, "role": role, "command": command})
