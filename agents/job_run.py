@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,31 +22,25 @@ from autolab.protocol import transactions as tx
 from autolab.protocol.errors import AutoLabError, NothingToDo
 from autolab.protocol.lab import Lab
 
-_STARTED = time.monotonic()  # the job's running time is measured from process start
-
 
 class JobRun(Worker):
-    """A worker for exactly one attempt, recording where it ran and what it cost."""
+    """A worker for exactly one attempt that also keeps the run's log in the lab."""
 
     def __init__(self, lab: Lab, backend_name: str, log_dir: Path,
                  say: Callable[[str], None] = print) -> None:
         super().__init__(lab, LocalBackend(echo=True, name=backend_name), log_dir, say)
-        self.flavor = os.environ.get("AUTOLAB_JOB_FLAVOR") or None
-        price = os.environ.get("AUTOLAB_JOB_PRICE_PER_S")
-        self.price = float(price) if price else None
         self.job_id: str | None = None
 
     def score_extras(self, claim: tx.Claim, result: RunResult) -> dict:
         from autolab.agents.backends.hf_jobs import store_log
 
-        seconds = round(time.monotonic() - _STARTED, 3)
-        extras: dict = {"job_id": self.job_id or result.job_id, "flavor": self.flavor}
-        if self.flavor is not None:
-            extras["job_seconds"] = seconds
-            extras["cost_usd"] = seconds * self.price if self.price is not None else None
+        extras = {**super().score_extras(claim, result), "job_id": self.job_id or result.job_id}
         if result.log_path is not None and result.log_path.exists():
-            extras["log_ref"] = store_log(self.lab, claim.experiment_id, claim.attempt,
-                                          result.log_path.read_bytes())
+            try:
+                extras["log_ref"] = store_log(self.lab, claim.experiment_id, claim.attempt,
+                                              result.log_path.read_bytes())
+            except (AutoLabError, OSError) as exc:  # a lost log must not cost the result
+                self.say(f"log of {claim.experiment_id} not kept: {exc}")
         return extras
 
 

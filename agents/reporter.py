@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 from autolab.agents.reaping import reap
 from autolab.protocol import transactions as tx
-from autolab.protocol.errors import AutoLabError
 from autolab.protocol.lab import Lab
 from autolab.protocol.reader import LabView
 
@@ -34,5 +33,6 @@ def _sync_trackio(view: LabView, project: str | None, say: Callable[[str], None]
         from autolab.scoreboard.trackio_sync import sync
 
         sync(view, project, say=say)
-    except (AutoLabError, ImportError, OSError) as exc:
-        say(f"trackio sync skipped: {str(exc).splitlines()[0][:200]}")
+    except Exception as exc:  # trackio's own errors too (sqlite locked...): never fatal
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        say(f"trackio sync skipped: {first[:200]}")

@@ -24,6 +24,9 @@ from autolab.protocol.harness import harness_files, harness_hash
 from autolab.protocol.lab import Lab, now
 from autolab.protocol.store import FileChange
 
+# A job's running time is counted from this process's start (when it runs in a job).
+_STARTED = time.monotonic()
+
 
 class Stopped(BaseException):
     """Raised in a worker when it is asked to stop (SIGTERM) mid-cycle."""
@@ -63,8 +66,17 @@ class Worker:
         self.stats_file = os.environ.get("AUTOLAB_STATS")
 
     def run_once(self) -> Cycle | None:
-        """Claim and run one experiment; None when nothing is claimable."""
+        """Claim and run one experiment; None when nothing is claimable.
+
+        Raises:
+            NothingToDo: the lab's budget (``policy.max_usd``) is spent.
+        """
         start = time.monotonic()
+        view = self.lab.read(max_age=2.0)
+        left = tx.budget_left(view)
+        if left is not None and left <= 0:
+            raise NothingToDo(f"budget spent: ${tx.spent_usd(view):.2f} of "
+                              f"${view.config.policy.max_usd:.2f} (policy.max_usd)")
         try:
             claim = tx.claim(self.lab, backend=self.backend.name)
         except NothingToDo:
@@ -131,8 +143,16 @@ class Worker:
         return cycle
 
     def score_extras(self, claim: tx.Claim, result: RunResult) -> dict:
-        """More score columns (where a run happened and what it cost); none locally."""
-        return {}
+        """Where the run happened and what it cost, when this worker runs inside a paid
+        job (``$AUTOLAB_JOB_FLAVOR`` and ``$AUTOLAB_JOB_PRICE_PER_S``, set by whoever
+        launched the job): the job's running seconds so far, at that price."""
+        flavor = os.environ.get("AUTOLAB_JOB_FLAVOR")
+        if not flavor:
+            return {}
+        seconds = round(time.monotonic() - _STARTED, 3)
+        price = os.environ.get("AUTOLAB_JOB_PRICE_PER_S")
+        return {"flavor": flavor, "job_seconds": seconds,
+                "cost_usd": seconds * float(price) if price else None}
 
     def _push_branch(self, claim: tx.Claim, parent: str, tree: Worktree, touched: list[str],
                      result: RunResult) -> str | None:
@@ -172,29 +192,39 @@ class Worker:
         SIGKILL)."""
         if self.stats_file:
             line = json.dumps({**entry, "agent": self.lab.agent, "at": time.time()}) + "\n"
-            fd = os.open(self.stats_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, line.encode())
-            finally:
-                os.close(fd)
+                fd = os.open(self.stats_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, line.encode())
+                finally:
+                    os.close(fd)
+            except OSError as exc:  # statistics must never cost a result or a promotion
+                self.say(f"cannot write {self.stats_file}: {exc}")
 
     def recover(self) -> list[str]:
-        """Release attempts this agent id still holds from a previous process that died.
+        """End the attempts this agent id still holds from a previous process that died.
 
-        A worker restarted under the same ``--agent`` (a supervisor, cron, a swarm) gives
-        its dead predecessor's claims back at once instead of leaving them to lease
-        expiry. Agent ids must therefore be unique per live process (the default,
+        A worker restarted under the same ``--agent`` (a supervisor, cron, a swarm) ends
+        its dead predecessor's claims at once instead of leaving them to lease expiry.
+        They end as lost (``expired``), counting toward ``max_attempts``: a run that
+        kills its worker every time must end, not loop under ``Restart=always``. Only
+        claims of this worker's backend are touched (a remote job of the same agent id
+        may still be running). Agent ids must be unique per live process (the default,
         host-pid, is); if two live processes shared one, the other's result would only
         be recorded as late, never lost or promoted twice.
         """
-        released = []
-        for exp in self.lab.read().state.by_state("claimed"):
-            if exp.agent == self.lab.agent and tx.release(
-                    self.lab, exp.id, exp.attempt, "its worker restarted"):
-                released.append(exp.id)
-                self.say(f"released {exp.id} attempt {exp.attempt}: held by a previous "
+        view = self.lab.read()
+        ended = []
+        for exp in view.state.by_state("claimed"):
+            if exp.agent != self.lab.agent or exp.backend != self.backend.name:
+                continue
+            event = tx.abandon(self.lab, exp, "its worker died (restarted under the same "
+                               "agent id)", view.config.policy.max_attempts)
+            if event:
+                ended.append(exp.id)
+                self.say(f"{event} {exp.id} attempt {exp.attempt}: held by a previous "
                          f"process of {self.lab.agent}")
-        return released
+        return ended
 
     def loop(self, *, max_experiments: int | None = None, idle: float = 2.0,
              exit_when_idle: bool = False) -> int:

@@ -232,7 +232,6 @@ def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
     taken = set(store.list_files(main))
     # event_id -> (seq, path, row without seq) of the first copy seen (lowest seq first).
     first: dict[str, tuple[int, str, dict]] = {}
-    drop: dict[str, set[str]] = {}
     readable: list[tuple[str, str, str, list[dict]]] = []
     for table in ("queue", "scores", "ideas"):
         for path, blob in store.list_dir(main, f"{STATE_DIR}/{table}").items():
@@ -255,26 +254,28 @@ def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
                 plan.quarantine[path] = (blob, target, why)
                 continue
             readable.append((table, path, blob, rows))
-    readable.sort(key=lambda item: min((r["seq"] or 0 for r in item[3]), default=0))
-    for _table, path, _, rows in readable:
-        for row in sorted(rows, key=lambda r: r["seq"] or 0):
-            body = {k: v for k, v in row.items() if k not in ("seq", "_order")}
-            seen = first.get(row["event_id"])
-            if seen is None:
-                first[row["event_id"]] = (row["seq"] or 0, path, body)
-            elif seen[2] == body:
-                drop.setdefault(path, set()).add(f"{row['event_id']}\0{row['seq']}")
-            else:
-                plan.refused.append(f"{path}: event {row['event_id']} differs from its copy "
-                                    f"in {seen[1]} (pick one by hand)")
+    # Every row of every readable shard in the lab's order; the first copy of an event
+    # is kept, later exact copies are dropped by position (two copies may share a seq).
+    ordered = [(row["seq"] or 0, path, position, row)
+               for _table, path, _, rows in readable for position, row in enumerate(rows)]
+    ordered.sort(key=lambda item: item[:3])
+    drop: dict[str, set[int]] = {}
+    for _seq, path, position, row in ordered:
+        body = {k: v for k, v in row.items() if k not in ("seq", "_order")}
+        seen = first.get(row["event_id"])
+        if seen is None:
+            first[row["event_id"]] = (row["seq"] or 0, path, body)
+        elif seen[2] == body:
+            drop.setdefault(path, set()).add(position)
+        else:
+            plan.refused.append(f"{path}: event {row['event_id']} differs from its copy "
+                                f"in {seen[1]} (pick one by hand)")
     for table, path, blob, _rows in readable:
         gone = drop.get(path)
         if not gone:
             continue
         data = read_table(store, table, blob, path, main)
-        keep = [f"{e}\0{s}" not in gone for e, s in zip(data.column("event_id").to_pylist(),
-                                                        data.column("seq").to_pylist(),
-                                                        strict=True)]
+        keep = [i not in gone for i in range(data.num_rows)]
         kept = data.filter(keep)
         dropped = data.num_rows - kept.num_rows
         if kept.num_rows == 0:

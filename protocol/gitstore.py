@@ -89,9 +89,13 @@ def _token_auth(url: str) -> dict[str, str]:
         return {}
     import base64
 
+    host = re.match(r"https://[^/]+/", url + "/")
+    assert host is not None
     basic = base64.b64encode(f"autolab:{token}".encode()).decode()
     count = int(os.environ.get("GIT_CONFIG_COUNT", "0") or 0)
-    return {"GIT_CONFIG_COUNT": str(count + 1), f"GIT_CONFIG_KEY_{count}": "http.extraHeader",
+    # Scoped to the lab's host: the token is never sent anywhere else.
+    return {"GIT_CONFIG_COUNT": str(count + 1),
+            f"GIT_CONFIG_KEY_{count}": f"http.{host.group(0)}.extraHeader",
             f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {basic}"}
 
 
@@ -169,6 +173,14 @@ class GitStore(LabStore):
         except (pygit2.GitError, KeyError, ValueError, OSError):
             return False
 
+    def _cache_broken(self) -> bool:
+        """Confirm damage before discarding a shared cache: git's words alone could come
+        from the network or the server."""
+        proc = subprocess.run(["git", "--git-dir", str(self.path), "fsck", "--connectivity-only",
+                               "--no-dangling", "--no-progress"], capture_output=True,
+                              env=_git_env(), timeout=_GIT_TIMEOUT)
+        return proc.returncode != 0
+
     def _discard_cache(self) -> None:
         """Move a damaged cache aside and delete it (lock held).
 
@@ -205,9 +217,14 @@ class GitStore(LabStore):
     def _git(self, *args: str, cwd: Path | None | str = "", check: bool = True,
              timeout: float = _GIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
         where = self.path if cwd == "" else cwd
+        # Name the cache explicitly: git would otherwise search upwards from a damaged
+        # (emptied) cache and could act on an enclosing repository.
+        scope = ("--git-dir", str(where)) if where == self.path else ()
+        if scope and not (self.path / "objects").is_dir():
+            raise CacheDamaged(f"cache clone {where} is gone")
         try:
             proc = subprocess.run(
-                ["git", *self._options, *args], cwd=where, env=_git_env(self.url),
+                ["git", *scope, *self._options, *args], cwd=where, env=_git_env(self.url),
                 capture_output=True, text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired:
@@ -324,7 +341,8 @@ class GitStore(LabStore):
                                        "not found", "No such file", "repository not exported",
                                        "no such repository")):
                 raise LabError(f"{redact(self.url)}: no such lab ({err})")
-            if any(s in full for s in _LOCAL_DAMAGE):
+            local = "\n".join(ln for ln in full.splitlines() if not ln.startswith("remote:"))
+            if any(s in local for s in _LOCAL_DAMAGE) and self._cache_broken():
                 raise CacheDamaged(err)
             raise TransportError(f"cannot fetch {redact(self.url)}: {err}")
 
@@ -390,8 +408,9 @@ class GitStore(LabStore):
         import io
         import tarfile
 
-        proc = subprocess.run(["git", "archive", "--format=tar", commit], cwd=self.path,
-                              capture_output=True, timeout=_GIT_TIMEOUT)
+        proc = subprocess.run(["git", "--git-dir", str(self.path), "archive", "--format=tar",
+                               commit], cwd=self.path, capture_output=True,
+                              timeout=_GIT_TIMEOUT)
         if proc.returncode != 0:
             raise TransportError(f"cannot export {commit[:12]}: {proc.stderr.decode()[-200:]}")
         with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as archive:

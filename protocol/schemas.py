@@ -15,6 +15,7 @@ SCHEMA_VERSION = 2
 # is read with nulls there (readers accept every version up to SCHEMA_VERSION).
 ADDED_IN: dict[str, dict[str, int]] = {
     "scores": {"flavor": 2, "job_seconds": 2, "cost_usd": 2, "log_ref": 2},
+    "queue": {"cost_usd": 2},
 }
 TABLES = ("queue", "scores", "ideas")
 
@@ -48,6 +49,7 @@ QUEUE = pa.schema(
         pa.field("source_commit", pa.string()),
         pa.field("backend", pa.string()),
         pa.field("job_id", pa.string()),
+        pa.field("cost_usd", pa.float64()),  # what an attempt ended without a score cost
     ],
     metadata={"autolab.table": "queue", "autolab.schema_version": str(SCHEMA_VERSION)},
 )

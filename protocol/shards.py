@@ -77,6 +77,11 @@ def encode(table: str, rows: list[dict[str, Any]] | pa.Table) -> bytes:
     schema = SCHEMAS[table]
     if isinstance(rows, pa.Table):
         data = rows.select(schema.names).cast(schema)
+        # A rewritten shard (compaction, repair) has this version's columns: its rows are
+        # this version's rows, whatever version first wrote them.
+        index = schema.get_field_index("schema_version")
+        data = data.set_column(index, schema.field(index),
+                               pa.array([SCHEMA_VERSION] * data.num_rows, pa.int16()))
     else:
         filled = [{**row, "schema_version": SCHEMA_VERSION} for row in rows]
         data = pa.Table.from_pylist(filled, schema=schema)
@@ -168,10 +173,10 @@ def decode_record(table: str, payload: bytes, path: str, commit: str) -> list[di
         raise ShardError(path, commit, f"not a JSON record ({exc})") from None
     out = []
     for row in rows:
+        _check_not_newer([row.get("schema_version")], path, commit)
         extra = set(row) - set(schema.names)
         if extra:
             raise ShardError(path, commit, f"unexpected columns {sorted(extra)}")
-        _check_not_newer([row.get("schema_version")], path, commit)
         if row.get("schema_version") not in range(1, SCHEMA_VERSION + 1):
             raise ShardError(path, commit, f"schema_version {row.get('schema_version')} but "
                              f"this autolab reads {SCHEMA_VERSION}")

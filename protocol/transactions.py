@@ -271,9 +271,10 @@ class Reaped:
     event: str  # expired | failed
 
 
-def _end_attempt(lab: Lab, experiment_id: str, attempt: int, event: str, reason: str) -> bool:
+def _end_attempt(lab: Lab, experiment_id: str, attempt: int, event: str, reason: str, *,
+                 cost_usd: float | None = None) -> bool:
     row = {"experiment_id": experiment_id, "event": event, "attempt": attempt,
-           "at": now(), "reason": reason}
+           "at": now(), "reason": reason, "cost_usd": cost_usd}
     try:
         lab.create_record(record_ref("results", experiment_id, attempt), {"queue": [row]},
                           f"{event} {experiment_id} attempt {attempt}: {reason}")
@@ -302,7 +303,8 @@ def reap(lab: Lab, view: LabView | None = None, *, at: datetime | None = None,
     return done
 
 
-def abandon(lab: Lab, exp: Experiment, reason: str, max_attempts: int) -> str | None:
+def abandon(lab: Lab, exp: Experiment, reason: str, max_attempts: int, *,
+            cost_usd: float | None = None) -> str | None:
     """End ``exp``'s current attempt as lost: ``expired`` (requeued) or, at
     ``max_attempts``, ``failed``. Returns the event, or None if the attempt had already
     ended (its result, or another reaper, came first).
@@ -315,7 +317,8 @@ def abandon(lab: Lab, exp: Experiment, reason: str, max_attempts: int) -> str | 
     event = "failed" if expiries >= max_attempts else "expired"
     if event == "failed":
         reason += f" (max_attempts {max_attempts} reached)"
-    return event if _end_attempt(lab, exp.id, exp.attempt, event, reason) else None
+    ended = _end_attempt(lab, exp.id, exp.attempt, event, reason, cost_usd=cost_usd)
+    return event if ended else None
 
 
 def launched(lab: Lab, experiment_id: str, attempt: int, *, job_id: str,
@@ -347,8 +350,16 @@ def launches(view: LabView) -> dict[tuple[str, int], dict[str, Any]]:
 
 
 def spent_usd(view: LabView) -> float:
-    """What the lab's recorded runs cost (scores' ``cost_usd``; unknown counts as 0)."""
-    return sum(s.get("cost_usd") or 0.0 for s in view.state.scores)
+    """What the lab's recorded runs cost: scores' ``cost_usd`` plus that of attempts that
+    ended without a score (a job that errored); unknown counts as 0."""
+    import pyarrow.compute as pc
+
+    total = 0.0
+    for table in ("scores", "queue"):
+        data = view.table(table)
+        if data.num_rows:
+            total += pc.sum(data.column("cost_usd")).as_py() or 0.0
+    return total
 
 
 def budget_left(view: LabView) -> float | None:

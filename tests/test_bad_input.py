@@ -218,3 +218,19 @@ def test_a_shard_of_an_older_schema_version_is_read_with_nulls(remote, tmp_path)
     assert after["metric"] == before["metric"] and after["schema_version"] == 1
     assert all(after[name] is None for name in ADDED_IN["scores"])
     assert run_cli("doctor", "--lab", remote.url).returncode == 0
+
+
+def test_a_row_repeated_inside_one_shard_keeps_one_copy(remote, tmp_path):
+    lab = Lab.open(remote.url, "agent")
+    propose_x(lab, 1.0)
+    lab.fold(always=True)
+    path, blob = next(iter(lab.store.list_dir(lab.read().main, ".autolab/queue").items()))
+    table = pq.read_table(io.BytesIO(lab.store.read_blob(blob)))
+    _push_file(remote, tmp_path, path, _parquet(pa.concat_tables([table, table])))
+    with pytest.raises(ShardError, match="duplicate rows"):
+        Lab.open(remote.url, "reader").read()
+    proc = run_cli("doctor", "--lab", remote.url, "--fix")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    after = Lab.open(remote.url, "after").read()
+    assert after.table("queue").num_rows == table.num_rows
+    assert after.state.experiments["0001"].state == "queued"

@@ -116,7 +116,7 @@ def test_contract_detached_launch_completes_with_a_promotion(hub, tmp_path, git_
     exp = view.state.experiments[eid]
     assert exp.state == "done" and exp.promoted, exp
     score = exp.result
-    assert score["backend"] == "hf-jobs" and score["job_id"] == job.id
+    assert score["backend"] == "hf-jobs" and score["job_id"] == f"{USER}/{job.id}"
     assert score["flavor"] == "cpu-basic"
     assert 0 < score["job_seconds"] < time.monotonic() - started + 1
     price = 167e-6 / 60  # the stand-in's cpu-basic price, USD per second
@@ -126,7 +126,7 @@ def test_contract_detached_launch_completes_with_a_promotion(hub, tmp_path, git_
     assert "score: 0.250000" in log
     assert "X = 2.5" in remote.git("show", "main:experiment.py")
     launched = tx.launches(view)[(eid, 1)]
-    assert launched["job_id"] == job.id
+    assert launched["job_id"] == f"{USER}/{job.id}"
     # The token went to the job as a secret, and nowhere into the lab.
     assert body["secrets"] == {"HF_TOKEN": TOKEN}
     everything = remote.git("log", "--all", "-p", "--format=%B")
@@ -149,7 +149,7 @@ def test_contract_a_failing_job_is_requeued_then_failed_after_max_attempts(
         proc = run_cli("reap", "--lab", remote.url, "--json", env=_env(hub), check=True)
         exp = Lab.open(remote.url, "check").read().state.experiments[eid]
         events.append(exp.state)
-        assert f"job {job.id} ERROR" in exp.reason
+        assert f"job {USER}/{job.id} ERROR" in exp.reason
         assert "exit code" in exp.reason  # the job's status message
     assert events == ["queued", "queued", "failed"]
     assert "max_attempts 3" in exp.reason
@@ -179,7 +179,7 @@ def test_contract_a_job_cancelled_from_outside_is_requeued_and_a_running_one_kep
         for key in _env(hub):
             os.environ.pop(key, None)
     exp = Lab.open(remote.url, "check").read().state.experiments[eid]
-    assert exp.state == "queued" and f"job {job.id} CANCELED" in exp.reason, (exp, lines)
+    assert exp.state == "queued" and f"job {USER}/{job.id} CANCELED" in exp.reason, (exp, lines)
 
 
 def test_contract_a_killed_job_has_its_metric_recovered_from_its_logs(

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from autolab.protocol import transactions as tx
 from autolab.protocol.errors import AutoLabError, NothingToDo
-from autolab.protocol.lab import Lab
+from autolab.protocol.lab import Lab, now
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi, JobInfo
@@ -165,6 +165,15 @@ def price_per_second(api: HfApi, flavor: str) -> float | None:
 DEFAULT_IMAGE = "ghcr.io/astral-sh/uv:python3.12-bookworm"
 
 
+def check_lab_url(url: str) -> None:
+    """A lab URL handed to a job must not carry credentials: job specs are visible to
+    the namespace. Jobs authenticate from secrets (``AUTOLAB_GIT_TOKEN``)."""
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]*://[^/@\s]+@", url) and not url.startswith("ssh://"):
+        raise AutoLabError("the lab URL carries credentials, which a job spec would show: "
+                           "pass it without them and add AUTOLAB_GIT_TOKEN to "
+                           "[hf_jobs].secrets")
+
+
 def check_runnable(settings: JobSettings) -> None:
     """A job needs autolab: an image that has it, or an ``install`` command."""
     if settings.image == DEFAULT_IMAGE and not settings.install:
@@ -202,6 +211,7 @@ class Launcher:
         except Exception as exc:  # the client raises HTTP and transport errors alike
             raise hub_error("whoami", exc) from None
         self.lab_url = settings.lab_url or lab.store.url
+        check_lab_url(self.lab_url)
         self._price: float | None = None
 
     def price(self) -> float | None:
@@ -254,8 +264,9 @@ class Launcher:
             timeout=settings.timeout, labels=labels, volumes=parse_volumes(settings.volumes),
             namespace=self.namespace,
         )
-        tx.launched(self.lab, claim.experiment_id, claim.attempt, job_id=job.id,
-                    backend=BACKEND)
+        # "<namespace>/<id>": whoever checks on the job later needs both.
+        tx.launched(self.lab, claim.experiment_id, claim.attempt,
+                    job_id=f"{self.namespace}/{job.id}", backend=BACKEND)
         self.say(f"launched {claim.experiment_id} attempt {claim.attempt} as job {job.id} "
                  f"({settings.flavor}): {claim.hypothesis}")
         return job
@@ -294,37 +305,49 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
 
     check = JobCheck()
     launched = tx.launches(view)
+    moment = now()
     for exp in view.state.by_state("claimed"):
         if exp.backend != BACKEND:
             continue
         launch = launched.get((exp.id, exp.attempt))
         job = None
-        if launch is not None:
-            try:
-                job = api.inspect_job(job_id=launch["job_id"], namespace=namespace)
-            except HfHubHTTPError as exc:
-                if getattr(exc.response, "status_code", None) != 404:
-                    raise
-                outcome = _settle(lab, exp, None, launch["job_id"], "DELETED",
-                                  "the job no longer exists", api, namespace)
-                if outcome:
-                    check.settled.append(outcome)
-                    say(outcome)
-                continue
-        else:
-            labels = {"autolab-lab": lab_label(lab.store.url),
-                      "autolab-experiment": label_value(exp.id),
-                      "autolab-attempt": str(exp.attempt)}
-            found = list(api.list_jobs(labels=labels, namespace=namespace))
-            job = found[-1] if found else None
+        try:
+            if launch is not None:
+                job_ns, _, job_id = launch["job_id"].rpartition("/")
+                try:
+                    job = api.inspect_job(job_id=job_id, namespace=job_ns or namespace)
+                except HfHubHTTPError as exc:
+                    if getattr(exc.response, "status_code", None) != 404:
+                        raise
+                    if exp.lease_until is not None and exp.lease_until > moment:
+                        check.alive.add(exp.id)  # not found (yet?): trust the lease
+                        continue
+                    outcome = _settle(lab, exp, None, launch["job_id"], "DELETED",
+                                      "the job no longer exists", api, job_ns or namespace)
+                    if outcome:
+                        check.settled.append(outcome)
+                        say(outcome)
+                    continue
+            else:
+                labels = {"autolab-lab": lab_label(lab.store.url),
+                          "autolab-experiment": label_value(exp.id),
+                          "autolab-attempt": str(exp.attempt)}
+                found = list(api.list_jobs(labels=labels, namespace=namespace))
+                job = found[-1] if found else None
+        except Exception as exc:  # one job's trouble must not expire the others' leases
+            say(f"cannot check the job of {exp.id} attempt {exp.attempt} "
+                f"({hub_error('inspect_job', exc)}); keeping its lease")
+            check.alive.add(exp.id)
+            continue
         if job is None:
             continue  # not launched (yet): the lease decides
         stage = str(job.status.stage)
         if stage not in _TERMINAL:
             check.alive.add(exp.id)
             continue
-        outcome = _settle(lab, exp, job, job.id, stage, job.status.message or "", api,
-                          namespace)
+        job_ns = launch["job_id"].rpartition("/")[0] if launch else ""
+        outcome = _settle(lab, exp, job, f"{job_ns or namespace}/{job.id}", stage,
+                          job.status.message or "", api, job_ns or namespace)
         if outcome:
             check.settled.append(outcome)
             say(outcome)
@@ -342,32 +365,42 @@ def _settle(lab: Lab, exp: Experiment, job: Any, job_id: str, stage: str, messag
     text = ""
     if stage != "DELETED":
         try:
-            text = "\n".join(api.fetch_job_logs(job_id=job_id, namespace=namespace))
+            text = "\n".join(api.fetch_job_logs(job_id=job_id.rpartition("/")[2],
+                                                namespace=namespace))
         except Exception:  # logs are best effort: a deleted job may have none
             text = ""
-    log_ref = store_log(lab, exp.id, exp.attempt, text.encode()) if text else None
+    log_ref = None
+    if text:
+        try:
+            log_ref = store_log(lab, exp.id, exp.attempt, text.encode())
+        except (AutoLabError, OSError):
+            log_ref = None  # the log is a convenience; settling the attempt is not
     what = f"job {job_id} {stage}" + (f": {message}" if message else "")
     from autolab.agents.summary import classify, parse_summary
     from autolab.protocol.harness import harness_files, harness_hash
 
     summary = parse_summary(text)
     status, metric, _ = classify(summary.metrics, view.config.metric, view.config.bounds)
-    if status == "ok":
-        seconds = _running_seconds(job)
+    seconds = _running_seconds(job)
+    try:
         price = price_per_second(api, job.flavor) if job is not None and job.flavor else None
+    except Exception:  # pricing is best effort here: the attempt must still be settled
+        price = None
+    cost = seconds * price if seconds is not None and price is not None else None
+    if status == "ok":
         score = tx.make_score(
             exp.id, exp.attempt, status="ok", metric=metric, metrics=summary.metrics,
             reason=f"recovered from the logs of {what}", backend=BACKEND, job_id=job_id,
             harness_hash=harness_hash(harness_files(lab.store, view.main, view.config)),
             patch_hash=exp.patch_hash, agent=lab.agent, log_ref=log_ref,
             flavor=str(job.flavor) if job is not None and job.flavor else None,
-            job_seconds=seconds, cost_usd=seconds * price if seconds and price else None,
+            job_seconds=seconds, cost_usd=cost,
         )
         result = tx.submit(lab, score)
         return (f"{exp.id} attempt {exp.attempt}: {view.config.metric}={metric:.6g} recovered "
                 f"from the logs of {what} ({result.outcome})")
     event = tx.abandon(lab, exp, what + (f" (log: {log_ref})" if log_ref else ""),
-                       view.config.policy.max_attempts)
+                       view.config.policy.max_attempts, cost_usd=cost)
     return f"{exp.id} attempt {exp.attempt}: {event} ({what})" if event else ""
 
 
@@ -383,15 +416,28 @@ def store_log(lab: Lab, experiment_id: str, attempt: int, data: bytes) -> str:
     Outside ``refs/autolab/`` on purpose: agents never fetch logs unless asked
     (``git fetch origin refs/autolab-logs/<id>/<attempt>``).
     """
+    from autolab.protocol.redact import redact
     from autolab.protocol.store import FileChange
 
     ref = f"{LOG_REFS}{experiment_id}/{attempt}"
-    commit = lab.store.make_commit(None, FileChange(add={"run.log": data[-LOG_CAP_BYTES:]}),
+    text = redact(data[-LOG_CAP_BYTES:].decode(errors="replace")).encode()
+    commit = lab.store.make_commit(None, FileChange(add={"run.log": text}),
                                    f"log of {experiment_id} attempt {attempt}",
                                    agent=lab.agent)
     current = lab.store.fetch_ref(ref)
     lab.retry_transport(lambda: lab.store.push_ref(ref, commit, current))
     return ref
+
+
+_users: dict[tuple[str, str | None], str] = {}
+
+
+def _whoami(api: HfApi) -> str:
+    """The token's user, asked once per process (planners call this every round)."""
+    key = (api.endpoint, api.token if isinstance(api.token, str) else None)
+    if key not in _users:
+        _users[key] = api.whoami()["name"]
+    return _users[key]
 
 
 def liveness(lab: Lab, view: LabView, say: Callable[[str], None] = print) -> set[str]:
@@ -404,8 +450,7 @@ def liveness(lab: Lab, view: LabView, say: Callable[[str], None] = print) -> set
         return set()
     try:
         api = hf_api()
-        settings = view.config.hf_jobs
-        namespace = settings.namespace or api.whoami()["name"]
+        namespace = view.config.hf_jobs.namespace or _whoami(api)
         return check_jobs(lab, view, api, namespace, say).alive
     except AutoLabError:
         raise

@@ -66,7 +66,7 @@ class LocalBackend(Backend):
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-S", str(_GUARD), str(os.getpid()), request.command],
+                [sys.executable, "-I", "-S", str(_GUARD), str(os.getpid()), request.command],
                 cwd=request.workdir, env=clean_env(request.env),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -143,8 +143,11 @@ def _pump(proc: subprocess.Popen, log_path: Path, tail: deque[bytes],
                 break
             tail.append(chunk)
             if echo:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
+                try:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                except (OSError, ValueError):
+                    echo = False  # nobody reads our output any more: keep draining the run
             kept += len(chunk)
             total += len(chunk)
             while kept - len(tail[0]) >= _TAIL_BYTES:

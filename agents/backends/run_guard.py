@@ -1,6 +1,6 @@
 """Run one experiment command, and take its whole process group down with the worker.
 
-Started by the local backend as ``python -S run_guard.py <worker pid> <command>`` at
+Started by the local backend as ``python -I -S run_guard.py <worker pid> <command>`` at
 the head of a new session (so its pid is the run's process group id). It runs
 ``/bin/sh -c <command>`` as its child and exits with the command's status.
 
@@ -10,8 +10,9 @@ cannot; the run would go on burning a GPU for hours. The guard notices the worke
 death (``PR_SET_PDEATHSIG`` on Linux, polling the parent pid elsewhere) and kills
 the group.
 
-This file is executed directly with ``-S`` (no site packages): it must only use the
-standard library and stays tiny so a run starts in milliseconds.
+This file is executed directly with ``-I -S`` (isolated: no site packages, and no
+``PYTHONPATH`` from a lab's environment shadowing the standard library): it must only
+use the standard library and stays tiny so a run starts in milliseconds.
 """
 
 import os

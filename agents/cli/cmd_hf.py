@@ -146,10 +146,12 @@ def schedule(
         return
     from autolab.agents.backends.hf_jobs import (
         JobSettings,
+        check_lab_url,
         check_runnable,
         hf_api,
         lab_label,
         parse_volumes,
+        price_per_second,
     )
     from autolab.protocol.errors import AutoLabError
 
@@ -163,7 +165,13 @@ def schedule(
     check_runnable(settings)
     api = hf_api()
     url = settings.lab_url or the_lab.store.url
+    check_lab_url(url)
     command = ["autolab", role, "--lab", url, "--once"]
+    # A scheduled worker runs its experiment inside the job: it records what that cost.
+    env = {**settings.env, "AUTOLAB_JOB_FLAVOR": settings.flavor}
+    price = price_per_second(api, settings.flavor)
+    if price is not None:
+        env["AUTOLAB_JOB_PRICE_PER_S"] = repr(price)
     if settings.install:
         import shlex
 
@@ -175,7 +183,7 @@ def schedule(
 
         raise hub_error("whoami", exc) from None
     job = api.create_scheduled_job(
-        image=settings.image, command=command, schedule=when, env=settings.env or None,
+        image=settings.image, command=command, schedule=when, env=env,
         secrets=settings.secrets or None, flavor=settings.flavor, timeout=settings.timeout,
         labels={**settings.labels, "autolab-lab": lab_label(the_lab.store.url),
                 "autolab-role": role},
