@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         # Standalone mode: click prints usage errors and exits 2, and typer.Exit(n) exits n.
         app(args=argv)
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        if done.code is not None and not isinstance(done.code, int):
+            print(done.code, file=sys.stderr)
+        _exit(code)
     except Exception as exc:
         from autolab.protocol.redact import redact
 
@@ -62,9 +67,18 @@ def main(argv: list[str] | None = None) -> None:
             exc = AutoLabError(f"Hugging Face API: {first[:300]}")
         kind = "" if exc.exit_code == 3 else "error: "
         print(f"autolab: {kind}{redact(str(exc))}", file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        # Skip interpreter finalization: after some failed reads (a corrupt parquet
-        # file), pyarrow's C++ thread pool can abort the process at exit ("terminate
-        # called without an active exception", exit -6), hiding the exit code.
-        os._exit(exc.exit_code)
+        _exit(exc.exit_code)
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``; once pyarrow is loaded, without interpreter finalization.
+
+    After some failed reads (a corrupt parquet file), pyarrow's C++ thread pool can
+    abort the process during finalization ("terminate called without an active
+    exception", exit -6), hiding the real exit code.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "pyarrow" in sys.modules:
+        os._exit(code)
+    sys.exit(code)

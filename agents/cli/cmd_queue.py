@@ -155,13 +155,26 @@ def compact(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False
     from autolab.protocol.transactions import compact as do_compact
 
     the_lab = open_lab(lab, agent)
-    the_lab.fold(always=True)
-    report = do_compact(the_lab)
+    with _working("folding record refs and compacting shards", quiet=as_json):
+        the_lab.fold(always=True)
+        report = do_compact(the_lab)
     if as_json:
         print_json(report.__dict__)
     else:
         typer.echo(f"compacted {sum(report.shards_before.values())} shards into "
                    f"{len(report.rows)} ({report.commit[:12] if report.commit else 'no change'})")
+
+
+def _working(what: str, *, quiet: bool):  # noqa: ANN202
+    """A spinner on stderr while a long step runs (nothing when not a terminal)."""
+    import contextlib
+    import sys
+
+    if quiet or not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(what)
 
 
 def register(app: typer.Typer) -> None:
