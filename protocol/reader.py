@@ -2,20 +2,40 @@
 
 Decoded shards are cached in-process by blob id (blobs are immutable), so a
 long-lived agent (``--loop``) only parses what is new since its last read.
+
+The fold of ``main`` is incremental. Rows are immutable and known by their
+``event_id`` (compaction rewrites shards, never rows), and a commit on ``main`` numbers
+its rows after every row already there. So the fold of a new ``main`` is an earlier
+fold (its *base*) continued with the rows numbered after the base's last one, once
+the reader has checked that every other row is exactly one of the base's. The base is
+one of this process's last folds or, for a new process such as a CLI command, a fold
+cached on disk beside the cache clone, in columnar form (see :class:`MainFold`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import hashlib
+import math
+import os
+import pickle
+import shutil
+import sys
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from autolab.protocol.config import CONFIG_FILE, LabConfig, parse_config
 from autolab.protocol.errors import ConfigError, LabError, ShardError
-from autolab.protocol.schemas import SCHEMAS, TABLES
+from autolab.protocol.schemas import SCHEMA_VERSION, SCHEMAS, TABLES
 from autolab.protocol.shards import (
     STATE_DIR,
     ShardName,
@@ -23,16 +43,23 @@ from autolab.protocol.shards import (
     decode_record,
     parse_shard_path,
 )
-from autolab.protocol.state import LabState, fold
+from autolab.protocol.state import (
+    ANOMALIES,
+    EXPERIMENT_STATE,
+    PROMOTIONS,
+    LabState,
+    StateTables,
+    continue_tables,
+    fold,
+    fold_ordered,
+    state_tables,
+)
 from autolab.protocol.store import RECORD_PREFIX, LabStore, Snapshot
 
 _CACHE_SIZE = 8192
 _decoded: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 _tables: OrderedDict[str, pa.Table] = OrderedDict()
 _configs: dict[str, LabConfig] = {}
-# The fold of main's rows, by main commit: agents re-read the same main many times
-# and only the record refs beside it change.
-_main_states: dict[str, LabState] = {}
 
 
 def _remember(cache: OrderedDict, key: str, value: Any) -> Any:
@@ -53,23 +80,75 @@ def read_rows(store: LabStore, table: str, blob: str, path: str, commit: str
     if hit is not None:
         _decoded.move_to_end(blob)
         return hit
-    payload = store.read_blob(blob)
     if path.endswith(".json"):
-        return _remember(_decoded, blob, decode_record(table, payload, path, commit))
-    data = _remember(_tables, blob, decode(table, payload, path, commit))
-    return _remember(_decoded, blob, data.to_pylist())
+        rows = decode_record(table, store.read_blob(blob), path, commit)
+        return _remember(_decoded, blob, rows)
+    return _remember(_decoded, blob, _row_dicts(read_table(store, table, blob, path, commit)))
 
 
 def read_table(store: LabStore, table: str, blob: str, path: str, commit: str) -> pa.Table:
-    """One shard as an arrow table (cached by blob id)."""
+    """One shard as an arrow table (cached by blob id).
+
+    Raises:
+        ShardError: naming ``path`` and ``commit``.
+    """
     hit = _tables.get(blob)
     if hit is not None:
         return hit
+    if not path.endswith(".json"):
+        return _remember(_tables, blob, decode(table, store.read_blob(blob), path, commit))
     rows = read_rows(store, table, blob, path, commit)
-    if blob in _tables:
-        return _tables[blob]
     clean = [{k: v for k, v in r.items() if k != "_order"} for r in rows]
     return _remember(_tables, blob, pa.Table.from_pylist(clean, schema=SCHEMAS[table]))
+
+
+def _values(column: pa.ChunkedArray) -> list[Any]:
+    """``column.to_pylist()``, faster for the types that dominate a lab's rows.
+
+    pyarrow builds each zone-aware datetime in about 3 us and each map entry slowly;
+    UTC timestamps are the epoch plus a timedelta here (the same value and tzinfo
+    object), and maps are zipped from their flat keys and items.
+    """
+    kind = column.type
+    if pa.types.is_timestamp(kind) and kind.tz == "UTC" and column.null_count < len(column):
+        first = column.drop_null()[0].as_py()  # the tzinfo pyarrow itself gives
+        epoch = datetime(1970, 1, 1, tzinfo=first.tzinfo)
+        micros = column.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_pylist()
+        return [None if m is None else epoch + timedelta(microseconds=m) for m in micros]
+    if pa.types.is_map(kind) and len(column):
+        flat = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        offsets = flat.offsets.to_pylist()
+        keys, items = flat.keys.to_pylist(), flat.items.to_pylist()
+        valid = flat.is_valid().to_pylist()
+        return [list(zip(keys[a:b], items[a:b], strict=True)) if ok else None
+                for a, b, ok in zip(offsets, offsets[1:], valid, strict=False)]
+    return column.to_pylist()
+
+
+def _row_dicts(data: pa.Table, order: bool = False) -> list[dict[str, Any]]:
+    """``data.to_pylist()``, a column at a time (several times faster), optionally with
+    each main row's fold order ``_order = (0, seq, event_id)``."""
+    names = data.column_names
+    rows = [dict(zip(names, values, strict=True))
+            for values in zip(*(_values(data.column(n)) for n in names), strict=True)]
+    if order:
+        for row in rows:
+            seq = row["seq"]
+            row["_order"] = (0, seq if seq is not None else -1, row["event_id"])
+    return rows
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Building 10^5 objects triggers the cyclic collector hundreds of times for no
+    garbage at all; pausing it makes large folds about a third faster."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True)
@@ -89,14 +168,18 @@ class Record:
 
 @dataclass
 class LabView:
-    """One consistent read of a lab: the snapshot, its config, records and state."""
+    """One consistent read of a lab: the snapshot, its config, records and state.
+
+    ``state`` (Python objects, what transactions decide on) and :meth:`folded` (the same
+    state as arrow tables, what the scoreboard reads) are each built when first used.
+    """
 
     store: LabStore
     snapshot: Snapshot
     main_shards: dict[str, dict[str, str]]  # table -> path -> blob
     records: list[Record]
-    state: LabState
-    _rows: dict[str, list[dict[str, Any]]] = field(repr=False, default_factory=dict)
+    _fold: MainFold = field(repr=False)
+    _pending_rows: dict[str, list[dict[str, Any]]] = field(repr=False)
 
     @property
     def main(self) -> str:
@@ -111,19 +194,48 @@ class LabView:
         """Records whose rows are not on ``main`` yet."""
         return [r for r in self.records if not r.on_main]
 
+    @property
+    def max_seq(self) -> int:
+        """The largest ``seq`` on ``main`` (new rows get numbers after it)."""
+        return self._fold.max_seq
+
+    @cached_property
+    def state(self) -> LabState:
+        rows = self._pending_rows
+        return fold(self.main, self._fold.max_seq, rows["queue"], rows["scores"], rows["ideas"],
+                    base=self._fold.state)
+
+    def folded(self) -> StateTables:
+        """:attr:`state` as arrow tables (built without materializing the state)."""
+        hit = self.__dict__.get("_folded")
+        if hit is None:
+            base, rows = self._fold.tables(self.store), self._pending_rows
+            hit = base if not any(rows.values()) else continue_tables(
+                base, self.main, self._fold.max_seq, rows["queue"], rows["scores"],
+                rows["ideas"])
+            self.__dict__["_folded"] = hit
+        return hit
+
     def table(self, name: str) -> pa.Table:
         """The whole table as arrow: ``main`` rows by ``seq``, then pending record rows."""
-        parts = [
-            read_table(self.store, name, blob, path, self.main)
-            for path, blob in sorted(self.main_shards[name].items())
-        ]
-        parts += [read_table(self.store, name, blob, shard.path, record.commit)
-                  for record in self.pending for shard, blob in record.shards
-                  if shard.table == name]
+        main = self._fold.main_table(self.store, name)
+        parts = [read_table(self.store, name, blob, shard.path, record.commit)
+                 for record in self.pending for shard, blob in record.shards
+                 if shard.table == name]
         if not parts:
-            return SCHEMAS[name].empty_table()
-        merged = pa.concat_tables(parts)
-        return merged.sort_by([("seq", "ascending"), ("event_id", "ascending")])
+            return main
+        extra = pa.concat_tables(parts)
+        key = [("seq", "ascending"), ("event_id", "ascending")]
+        if extra.column("seq").null_count == extra.num_rows and not main.column("seq").null_count:
+            # Main is sorted already; record rows (no seq yet) sort after it.
+            return pa.concat_tables([main, extra.sort_by(key[1:])])
+        return pa.concat_tables([main, extra]).sort_by(key)
+
+    @cached_property
+    def _rows(self) -> dict[str, list[dict[str, Any]]]:
+        """Every row with its fold order: ``main``'s, then pending records' (for tests)."""
+        return {t: _row_dicts(self._fold.main_table(self.store, t), order=True)
+                + self._pending_rows[t] for t in TABLES}
 
 
 def load_config(store: LabStore, commit: str) -> LabConfig:
@@ -142,15 +254,22 @@ def load_config(store: LabStore, commit: str) -> LabConfig:
 
 def list_main_shards(store: LabStore, commit: str) -> dict[str, dict[str, str]]:
     """Shard files per table at ``commit``; anything else under a table dir is an error."""
+    return _list_main_shards(store, commit)[0]
+
+
+def _list_main_shards(store: LabStore, commit: str) -> tuple[dict[str, dict[str, str]], int]:
+    """:func:`list_main_shards` and the largest ``seq`` the shard names give."""
     out: dict[str, dict[str, str]] = {}
+    max_seq = 0
     for table in TABLES:
         files = store.list_dir(commit, f"{STATE_DIR}/{table}")
         for path in files:
             name = parse_shard_path(path)
             if name is None or name.table != table or name.record:
                 raise ShardError(path, commit, "not a shard name (<seq>-<agent>-<nonce>.parquet)")
+            max_seq = max(max_seq, name.seq)
         out[table] = files
-    return out
+    return out, max_seq
 
 
 _records: dict[str, tuple[tuple[ShardName, str], ...]] = {}
@@ -193,49 +312,464 @@ def _causal_key(ref: str) -> tuple[str, int, int, str]:
 def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
     """Fold ``main`` and the live record refs of ``snapshot`` into a :class:`LabView`."""
     main = snapshot.main
-    main_shards = list_main_shards(store, main)
-    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
-    max_seq = 0
-    on_main: set[str] = set()
-    for table, files in main_shards.items():
-        for path, blob in files.items():
-            max_seq = max(max_seq, parse_shard_path(path).seq)  # type: ignore[union-attr]
-            shard_rows = read_rows(store, table, blob, path, main)
-            before = len(on_main)
-            on_main.update(row["event_id"] for row in shard_rows)
-            if len(on_main) - before != len(shard_rows):
-                # Every event lands on main once; a copy (a botched manual merge, a
-                # replayed shard) would count a claim or a score twice.
-                raise ShardError(path, main, "duplicate rows (an event_id already on main): "
-                                 "run `autolab doctor --fix`")
-            rows[table].extend(shard_rows)
-    for table in TABLES:
-        for row in rows[table]:
-            if "_order" not in row:
-                row["_order"] = (0, row["seq"] if row["seq"] is not None else -1, row["event_id"])
+    main_shards, max_seq = _list_main_shards(store, main)
+    main_fold = _fold_main(store, main, main_shards, max_seq)
 
-    records: list[Record] = []
     listed = []
     for ref, commit in snapshot.records.items():
         listed.append((_causal_key(ref), ref, commit, _record_files(store, ref, commit)))
     listed.sort()
-    for index, (_, ref, commit, shards) in enumerate(listed):
+    decoded = [[(name, read_rows(store, name.table, blob, name.path, commit))
+                for name, blob in shards] for _, _, commit, shards in listed]
+    on_main = main_fold.which_on_main([row["event_id"] for shards in decoded
+                                       for _, rows in shards for row in rows])
+    records: list[Record] = []
+    pending: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+    for index, ((_, ref, commit, shards), shard_rows) in enumerate(zip(listed, decoded,
+                                                                      strict=True)):
         ids: set[str] = set()
         fresh = False
-        for name, blob in shards:
-            for i, row in enumerate(read_rows(store, name.table, blob, name.path, commit)):
+        for name, rows in shard_rows:
+            for i, row in enumerate(rows):
                 ids.add(row["event_id"])
                 if row["event_id"] not in on_main:
                     fresh = True
-                    rows[name.table].append({**row, "_order": (1, index, i)})
+                    pending[name.table].append({**row, "_order": (1, index, i)})
         records.append(Record(ref, commit, shards, frozenset(ids), on_main=not fresh))
-    base = _main_states.get(main)
-    if base is None:
-        main_rows = {t: [r for r in rows[t] if r["_order"][0] == 0] for t in TABLES}
-        base = fold(main, max_seq, main_rows["queue"], main_rows["scores"], main_rows["ideas"])
-        _main_states[main] = base
-        while len(_main_states) > 4:
-            _main_states.pop(next(iter(_main_states)))
-    extra = {t: [r for r in rows[t] if r["_order"][0] == 1] for t in TABLES}
-    state = fold(main, max_seq, extra["queue"], extra["scores"], extra["ideas"], base=base)
-    return LabView(store, snapshot, main_shards, records, state, rows)
+    return LabView(store, snapshot, main_shards, records, main_fold, pending)
+
+
+# -- the fold of main -----------------------------------------------------------------
+
+
+class MainFold:
+    """The fold of every row on one ``main`` commit, in two forms built on demand.
+
+    ``state`` is a :class:`LabState` (what transactions decide on); ``tables(store)`` the
+    same as :class:`StateTables` (what the scoreboard reads; cached on disk, where a new
+    process loads it in milliseconds instead of refolding 10^5 rows in seconds).
+    """
+
+    def __init__(self, main: str, shards: dict[str, dict[str, str]], max_seq: int, *,
+                 max_row_seq: int, rows: int, ids: pa.ChunkedArray,
+                 state: LabState | None = None, tables: StateTables | None = None,
+                 derive: tuple[StateTables, dict[str, list[dict]]] | None = None,
+                 main_tables: dict[str, pa.Table] | None = None, unsaved: float = math.inf,
+                 store: LabStore | None = None,
+                 parts: dict[str, list[pa.Table]] | None = None) -> None:
+        self.main, self.shards, self.max_seq = main, shards, max_seq
+        self.max_row_seq = max_row_seq  # the largest seq of any row (-1: none)
+        self.rows = rows
+        # Every event id on main, as arrow: a set of 10^5 strings would cost 40 MB more.
+        self._ids = ids if ids.num_chunks <= 64 else pa.chunked_array([ids.combine_chunks()])
+        self._state, self._tables, self._derive = state, tables, derive
+        self._main_tables = main_tables or {}
+        self.unsaved = unsaved  # rows folded since this fold's line was last on disk
+        self._store = store
+        # The decoded shards, until the state is folded from them: the per-blob cache
+        # holds 8192 shards, and a lab can have more.
+        self._parts = parts
+
+    @property
+    def state(self) -> LabState:
+        if self._state is None:
+            assert self._store is not None
+            store = self._store
+            parts = self._parts or {t: [read_table(store, t, blob, path, self.main)
+                                        for path, blob in files.items()]
+                                    for t, files in self.shards.items()}
+            self._state = _fold_tables(self.main, self.max_seq, parts)
+            for name in TABLES:  # no copy: the same buffers, in order
+                self.main_table(store, name)
+            self._parts = None
+        return self._state
+
+    def tables(self, store: LabStore) -> StateTables:
+        if self._tables is None:
+            with _gc_paused():
+                if self._derive is not None:
+                    base, rows = self._derive
+                    self._tables = continue_tables(base, self.main, self.max_seq,
+                                                   rows["queue"], rows["scores"], rows["ideas"])
+                elif self._state is not None:
+                    self._tables = state_tables(self._state, self.main_table(store, "scores"))
+                else:
+                    # Folded only to be turned into tables (a scoreboard command): not
+                    # kept, it is most of the memory, and its tables are the cheaper form.
+                    state = self.state
+                    self._state = None
+                    self._tables = state_tables(state, self.main_table(store, "scores"))
+                    del state
+            self._derive = None
+            _maybe_save(store, self)
+        return self._tables
+
+    def which_on_main(self, ids: list[str]) -> set[str]:
+        """Those of ``ids`` that are rows on this ``main``."""
+        if not ids:
+            return set()
+        return set(pc.filter(self._ids, pc.is_in(self._ids, value_set=pa.array(
+            ids, pa.string()))).to_pylist())
+
+    def contains_any(self, ids: list[str]) -> bool:
+        return bool(ids) and bool(self.which_on_main(ids))
+
+    def id_column(self) -> pa.ChunkedArray:
+        return self._ids
+
+    def main_table(self, store: LabStore, name: str) -> pa.Table:
+        """``main``'s rows of table ``name``, sorted by ``(seq, event_id)``."""
+        hit = self._main_tables.get(name)
+        if hit is None:
+            if self._parts is not None:
+                parts = self._parts[name]
+            else:
+                parts = [read_table(store, name, blob, path, self.main)
+                         for path, blob in sorted(self.shards[name].items())]
+            hit = self._main_tables[name] = _sorted_main(name, parts)
+        return hit
+
+
+def _sorted_main(name: str, parts: list[pa.Table]) -> pa.Table:
+    """Shards concatenated in order of ``(seq, event_id)``; no copy when they already are
+    (the usual case: each shard is in seq order, and names sort by seq)."""
+    if not parts:
+        return SCHEMAS[name].empty_table()
+    data = pa.concat_tables(parts)
+    seq = data.column("seq")
+    if not seq.null_count and (data.num_rows < 2 or pc.all(pc.greater(
+            seq.slice(1), seq.slice(0, data.num_rows - 1))).as_py()):
+        return data
+    return data.sort_by([("seq", "ascending"), ("event_id", "ascending")])
+
+
+def _by_id(name: str, parts: list[pa.Table]) -> pa.Table:
+    """Rows of ``parts`` by event id (to compare two sets of rows value for value)."""
+    data = pa.concat_tables(parts) if parts else SCHEMAS[name].empty_table()
+    return data.sort_by([("event_id", "ascending")])
+
+
+def _id_column(parts: list[pa.Table | pa.ChunkedArray]) -> pa.ChunkedArray:
+    """The event ids of ``parts`` (tables, or id columns) as one column, without copying."""
+    chunks = [chunk for part in parts for chunk in (
+        part.column("event_id") if isinstance(part, pa.Table) else part).chunks]
+    return pa.chunked_array(chunks, pa.string())
+
+
+def _max_seq_of(parts: list[pa.Table], default: int) -> int:
+    seqs = [pc.max(p.column("seq")).as_py() for p in parts if p.num_rows]
+    return max([default, *(s for s in seqs if s is not None)])
+
+
+_folds: OrderedDict[str, MainFold] = OrderedDict()
+_FOLDS_KEPT = 4
+_MAX_GONE = 256  # shards a base may have lost (to compaction) and still be used
+_DERIVE_ROWS = 50_000  # rows kept to derive tables lazily before giving up on it
+
+
+def _fold_main(store: LabStore, main: str, shards: dict[str, dict[str, str]],
+               max_seq: int) -> MainFold:
+    """The fold of ``main``: cached, continued from a base, or folded from scratch."""
+    hit = _folds.get(main)
+    if hit is not None:
+        _folds.move_to_end(main)
+        return hit
+    result = None
+    for base in reversed(_folds.values()):
+        result = _continue(store, base, main, shards, max_seq)
+        if result is not None:
+            break
+    if result is None:
+        for base in _disk_bases(store, main, shards):
+            result = base if base.main == main else _continue(store, base, main, shards,
+                                                                  max_seq)
+            if result is not None:
+                break
+    if result is None:
+        result = _fold_everything(store, main, shards, max_seq)
+    result._store = store
+    _folds[main] = result
+    while len(_folds) > _FOLDS_KEPT:
+        _folds.popitem(last=False)
+    return result
+
+
+def _fold_everything(store: LabStore, main: str, shards: dict[str, dict[str, str]],
+                     max_seq: int) -> MainFold:
+    """Read and fold every row on ``main``.
+
+    Raises:
+        ShardError: a shard does not decode, or repeats an event already on main.
+    """
+    ids: set[str] = set()
+    parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+    for table, files in shards.items():
+        for path, blob in files.items():
+            data = read_table(store, table, blob, path, main)
+            shard_ids = data.column("event_id").to_pylist()
+            before = len(ids)
+            ids.update(shard_ids)
+            if len(ids) - before != len(shard_ids):
+                # Every event lands on main once; a copy (a botched manual merge, a
+                # replayed shard) would count a claim or a score twice.
+                raise ShardError(path, main, "duplicate rows (an event_id already on main): "
+                                 "run `autolab doctor --fix`")
+            parts[table].append(data)
+    every = [p for t in TABLES for p in parts[t]]
+    # Folded when first needed: as a state (transactions), or only to become tables.
+    return MainFold(main, shards, max_seq, max_row_seq=_max_seq_of(every, -1),
+                    rows=len(ids), ids=_id_column(every), store=store, parts=parts)
+
+
+def _fold_tables(main: str, max_seq: int, parts: dict[str, list[pa.Table]]) -> LabState:
+    """``fold`` of main's rows given as arrow tables.
+
+    ``fold`` sorts a list of every row; here arrow sorts the (seq, event_id, kind) keys
+    into the same order, and rows are built a block at a time as they are folded, so
+    10^5 row dicts are never alive at once (they were most of a cold read's memory).
+    """
+    data = {t: _few_chunks(pa.concat_tables(parts[t])) if parts[t]
+            else SCHEMAS[t].empty_table() for t in TABLES}
+    with _gc_paused():
+        if any(d.column("seq").null_count for d in data.values()):
+            rows = {t: _row_dicts(data[t], order=True) for t in TABLES}
+            return fold(main, max_seq, rows["queue"], rows["scores"], rows["ideas"])
+        ideas = _row_dicts(_sorted_main("ideas", [data["ideas"]]), order=True)
+        return fold_ordered(main, max_seq, _ordered_rows(data["queue"], data["scores"]), ideas)
+
+
+_BLOCK = 32768
+
+
+def _few_chunks(data: pa.Table) -> pa.Table:
+    """``data`` in one chunk if it has many: taking rows from 10^4 shards' chunks is slow
+    (and a big compacted shard's few chunks are not worth a copy)."""
+    return data.combine_chunks() if data.num_columns and data.column(0).num_chunks > 64 \
+        else data
+
+
+def _ordered_rows(queue: pa.Table, scores: pa.Table) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Queue (kind 0) and score (kind 1) rows in ``fold``'s order: by ``(0, seq,
+    event_id)``, then kind. Every ``seq`` must be set."""
+    tables = (queue, scores)
+    keys = pa.table({
+        "seq": pa.chunked_array([*queue.column("seq").chunks, *scores.column("seq").chunks],
+                                pa.int64()),
+        "event_id": pa.chunked_array([*queue.column("event_id").chunks,
+                                      *scores.column("event_id").chunks], pa.string()),
+        "kind": pa.array([0] * queue.num_rows + [1] * scores.num_rows, pa.int8()),
+        "row": pa.array([*range(queue.num_rows), *range(scores.num_rows)], pa.int64()),
+    }).sort_by([("seq", "ascending"), ("event_id", "ascending"), ("kind", "ascending")])
+    kinds, positions = keys.column("kind").to_pylist(), keys.column("row").to_pylist()
+    names = [t.column_names for t in tables]
+    seq_at = [n.index("seq") for n in names]
+    id_at = [n.index("event_id") for n in names]
+    for start in range(0, len(kinds), _BLOCK):
+        block_kinds = kinds[start:start + _BLOCK]
+        block_rows = positions[start:start + _BLOCK]
+        values = []
+        for kind, table in enumerate(tables):
+            wanted = [r for k, r in zip(block_kinds, block_rows, strict=True) if k == kind]
+            part = table.take(pa.array(wanted, pa.int64()))
+            values.append(iter(list(zip(*(_values(part.column(n)) for n in names[kind]),
+                                        strict=True))))
+        for kind in block_kinds:
+            row_values = next(values[kind])
+            row = dict(zip(names[kind], row_values, strict=True))
+            row["_order"] = (0, row_values[seq_at[kind]], row_values[id_at[kind]])
+            yield kind, row
+
+
+def _continue(store: LabStore, base: MainFold, main: str, shards: dict[str, dict[str, str]],
+              max_seq: int) -> MainFold | None:
+    """Continue ``base``'s fold to ``main``, or None if its rows are not a prefix of main's.
+
+    Shards only ``main`` has are read. Their rows numbered up to the base's last one
+    must be, value for value, the rows of the shards only the base had (compaction
+    moved them); the others must be events new to the base.
+    """
+    new = {t: [p for p in shards[t] if base.shards[t].get(p) != shards[t][p]] for t in TABLES}
+    gone = {t: [p for p in base.shards[t] if shards[t].get(p) != base.shards[t][p]]
+            for t in TABLES}
+    if sum(len(g) for g in gone.values()) > _MAX_GONE:
+        return None
+    fresh: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
+    fresh_ids: list[str] = []
+    for table in TABLES:
+        moved = []
+        for path in sorted(new[table]):
+            data = read_table(store, table, shards[table][path], path, main)
+            seq = data.column("seq")
+            if seq.null_count:
+                return None
+            later = pc.greater(seq, base.max_row_seq)
+            moved.append(data.filter(pc.invert(later)))
+            part = data.filter(later)
+            fresh_ids += part.column("event_id").to_pylist()
+            fresh[table].append(part)
+        lost = [read_table(store, table, base.shards[table][p], p, base.main)
+                for p in gone[table]]
+        if (moved or lost) and not _by_id(table, moved).equals(_by_id(table, lost)):
+            return None
+    if len(set(fresh_ids)) != len(fresh_ids) or base.contains_any(fresh_ids):
+        return None
+    with _gc_paused():
+        rows = {t: [r for p in fresh[t] for r in _row_dicts(p, order=True)] for t in TABLES}
+    state = None
+    if base._state is not None:
+        with _gc_paused():
+            state = fold(main, max_seq, rows["queue"], rows["scores"], rows["ideas"],
+                         base=base._state)
+    derive = None
+    if base._tables is not None:
+        derive = (base._tables, rows)
+    elif base._derive is not None and base.unsaved + len(fresh_ids) <= _DERIVE_ROWS:
+        then, earlier = base._derive
+        derive = (then, {t: earlier[t] + rows[t] for t in TABLES})
+    if state is None and derive is None and base._tables is None:
+        return None  # nothing to continue from: fold from scratch
+    ids = _id_column([base._ids, *(p for t in TABLES for p in fresh[t])])
+    main_tables = {}
+    for table in TABLES:
+        had = base._main_tables.get(table)
+        if had is not None and not gone[table]:
+            main_tables[table] = _sorted_main(table, [had, *fresh[table]])
+    every = [p for t in TABLES for p in fresh[t]]
+    moved = any(gone.values())
+    return MainFold(main, shards, max_seq, max_row_seq=_max_seq_of(every, base.max_row_seq),
+                    rows=base.rows + len(fresh_ids), ids=ids, state=state, derive=derive,
+                    main_tables=main_tables, store=store,
+                    unsaved=math.inf if moved else base.unsaved + len(fresh_ids))
+
+
+# -- the fold cached on disk -----------------------------------------------------------
+#
+# ``<cache clone>.state/<main>-<key>/``: the fold of one main commit as arrow IPC files
+# (memory-mapped when read) and its shard list. ``key`` hashes the code that defines
+# the fold and the tables, so a new autolab never reads an old autolab's fold. Entries
+# are written to a temporary directory and renamed into place: readers see whole
+# entries or none. A reader uses an entry whose main is its own, or one whose rows are
+# a prefix of its main's (then it continues the fold, as above).
+
+_KEEP_ON_DISK = 3
+_DISK_TABLES = ("experiments", "scores", "promotions", "ideas", "anomalies")
+
+
+def _code_key() -> str:
+    digest = hashlib.sha256(f"{SCHEMA_VERSION} {sys.version_info[:2]} {pa.__version__}".encode())
+    here = Path(__file__).parent
+    for module in ("reader.py", "state.py", "schemas.py", "shards.py"):
+        with contextlib.suppress(OSError):
+            digest.update((here / module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_KEY = _code_key()
+
+
+def state_cache_dir(store: LabStore) -> Path | None:
+    """Where folds of ``store``'s lab are cached on this host (None: not cached).
+
+    Beside the cache clone, so a lab's caches go together; other read-side caches
+    (derived from immutable rows) may keep files here too.
+    """
+    path = getattr(store, "path", None)
+    return Path(f"{path}.state") if isinstance(path, Path) else None
+
+
+_disk_dir = state_cache_dir
+
+
+def _save_threshold() -> int:
+    """Folds of fewer rows are not worth a file (``AUTOLAB_STATE_CACHE_ROWS``; < 0: never)."""
+    try:
+        return int(os.environ.get("AUTOLAB_STATE_CACHE_ROWS", "10000"))
+    except ValueError:
+        return 10000
+
+
+def _maybe_save(store: LabStore, fold_: MainFold) -> None:
+    threshold = _save_threshold()
+    where = _disk_dir(store)
+    if (where is None or threshold < 0 or fold_.rows < threshold
+            or fold_.unsaved < max(2000, fold_.rows // 20)):
+        return
+    with contextlib.suppress(OSError):
+        _save(store, where, fold_)
+        fold_.unsaved = 0
+
+
+def _save(store: LabStore, where: Path, fold_: MainFold) -> None:
+    assert fold_._tables is not None
+    final = where / f"{fold_.main}-{_KEY}"
+    if final.exists():
+        return
+    where.mkdir(parents=True, exist_ok=True)
+    tmp = where / f".tmp-{os.getpid()}-{fold_.main[:12]}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        folded = fold_._tables
+        files = {name: getattr(folded, name) for name in _DISK_TABLES}
+        files.update({f"main-{t}": fold_.main_table(store, t) for t in TABLES})
+        files["ids"] = pa.table({"event_id": fold_.id_column()})
+        for name, table in files.items():
+            with pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink, \
+                    pa.ipc.new_file(sink, table.schema) as writer:
+                # One batch: a table of 10^4 shards' chunks is slow to compute on.
+                writer.write_table(table.combine_chunks())
+        meta = {"main": fold_.main, "max_seq": fold_.max_seq, "max_row_seq": fold_.max_row_seq,
+                "rows": fold_.rows, "shards": fold_.shards}
+        (tmp / "meta.pickle").write_bytes(pickle.dumps(meta))
+        os.rename(tmp, final)  # fails if another process saved it first: fine
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    entries = sorted((p for p in where.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=_mtime, reverse=True)
+    for old in entries[_KEEP_ON_DISK:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _disk_bases(store: LabStore, main: str, shards: dict[str, dict[str, str]]
+                ) -> Iterator[MainFold]:
+    """Folds on disk that could serve ``main``: its own first, then the newest others."""
+    where = _disk_dir(store)
+    if where is None or _save_threshold() < 0 or not where.is_dir():
+        return
+    entries = sorted(where.glob(f"*-{_KEY}"), key=_mtime, reverse=True)
+    entries.sort(key=lambda p: not p.name.startswith(main))
+    for entry in entries[:_KEEP_ON_DISK]:
+        try:
+            meta = pickle.loads((entry / "meta.pickle").read_bytes())
+            gone = sum(1 for t in TABLES for p, b in meta["shards"][t].items()
+                       if shards[t].get(p) != b)
+            if gone > _MAX_GONE:
+                continue
+            yield _load(entry, meta)
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, pa.ArrowInvalid):
+            continue  # removed by another process meanwhile, or unreadable: skip it
+
+
+def _load(entry: Path, meta: dict[str, Any]) -> MainFold:
+    def arrow(name: str) -> pa.Table:
+        return pa.ipc.open_file(pa.memory_map(str(entry / f"{name}.arrow"))).read_all()
+
+    loaded = {name: arrow(name) for name in _DISK_TABLES}
+    expected = {"experiments": EXPERIMENT_STATE, "promotions": PROMOTIONS,
+                "anomalies": ANOMALIES, "scores": SCHEMAS["scores"], "ideas": SCHEMAS["ideas"]}
+    for name, schema in expected.items():
+        if not loaded[name].schema.equals(schema):
+            raise pa.ArrowInvalid(f"{entry}: {name} has another schema")
+    tables = StateTables(main=meta["main"], max_seq=meta["max_seq"], **loaded)
+    return MainFold(meta["main"], meta["shards"], meta["max_seq"],
+                    max_row_seq=meta["max_row_seq"], rows=meta["rows"],
+                    ids=arrow("ids").column("event_id"), tables=tables,
+                    main_tables={t: arrow(f"main-{t}") for t in TABLES}, unsaved=0)

@@ -1,68 +1,100 @@
 """What a lab's runs cost: per experiment, per promotion, in total, and the budget.
 
-Costs come from the scores (``cost_usd``: a job's running seconds at its flavor's price,
-recorded by the run itself or by whoever recovered its result). Runs without a
-recorded cost (local ones) count as zero and are reported as ``unpriced``.
+Costs are recorded where they happen: a score's ``cost_usd`` (a job's running seconds
+at its flavor's price, from ``list_jobs_hardware()``), and the ``cost_usd`` of a queue
+row that ended an attempt without a score (a job that errored or was cancelled). Runs
+without a cost (local ones) count as zero.
 
 Shape::
 
-    {"total_usd": float, "priced_runs": int, "unpriced_runs": int,
-     "budget_usd": float | null, "left_usd": float | null,
-     "per_experiment": [{"experiment_id", "cost_usd", "runs", "flavors"}],
-     "per_promotion": [{"experiment_id", "metric", "cost_usd", "runs"}]}
+    {"total_usd": float, "priced_runs": int, "budget_usd": float | null,
+     "left_usd": float | null,
+     "per_experiment": [{"experiment_id": str, "cost_usd": float, "runs": int,
+                         "flavors": [str]}],
+     "per_promotion": [{"experiment_id": str, "metric": float, "cost_usd": float,
+                        "runs": int}]}
 
-``per_promotion`` charges each promotion with every run that finished after the
-previous promotion's experiment, up to and including its own: what the improvement
-cost to find.
+``per_experiment`` lists priced experiments, the most expensive first.
+``per_promotion`` charges each promotion with every priced run recorded after the
+previous promotion, up to its own: what the improvement cost to find.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from autolab.protocol.reader import LabView
+if TYPE_CHECKING:
+    from autolab.protocol.reader import LabView
 
 
 def spend(view: LabView) -> dict[str, Any]:
     """Summarize the cost of ``view``'s runs (see the module docstring for the shape)."""
+    import pyarrow.compute as pc
+
+    events: list[tuple[float, int, str, float, str | None]] = []  # order, kind, exp, cost
+    for kind, name in enumerate(("scores", "queue")):
+        table = view.table(name)
+        if not table.num_rows:
+            continue
+        priced = table.filter(pc.is_valid(table.column("cost_usd")))
+        flavors = (priced.column("flavor").to_pylist() if name == "scores"
+                   else [None] * priced.num_rows)
+        for seq, eid, cost, flavor in zip(priced.column("seq").to_pylist(),
+                                          priced.column("experiment_id").to_pylist(),
+                                          priced.column("cost_usd").to_pylist(), flavors,
+                                          strict=True):
+            # Rows still in record refs (no seq yet) come after everything on main.
+            events.append((float("inf") if seq is None else seq, kind, eid, cost, flavor))
+    events.sort(key=lambda e: (e[0], e[1]))
     by_exp: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"cost_usd": 0.0, "runs": 0, "flavors": set()})
-    total, priced, unpriced = 0.0, 0, 0
-    order: list[tuple[str, float]] = []
-    for score in view.state.scores:
-        cost = score.get("cost_usd")
-        entry = by_exp[score["experiment_id"]]
-        entry["runs"] += 1
-        if score.get("flavor"):
-            entry["flavors"].add(score["flavor"])
-        if cost is None:
-            unpriced += 1
-            order.append((score["experiment_id"], 0.0))
-            continue
-        priced += 1
+    for _, _, eid, cost, flavor in events:
+        entry = by_exp[eid]
         entry["cost_usd"] += cost
-        total += cost
-        order.append((score["experiment_id"], cost))
+        entry["runs"] += 1
+        if flavor:
+            entry["flavors"].add(flavor)
+    total = sum(e[3] for e in events)
+
+    queue = view.table("queue")
+    promoted: list[dict[str, Any]] = []
+    if queue.num_rows and events:
+        rows = queue.filter(pc.equal(queue.column("event"), "promoted"))
+        promoted = rows.select(["seq", "experiment_id", "metric"]).to_pylist()
+        # One main commit numbers its queue rows before its score rows, so a promotion
+        # can carry a lower seq than its own score: it happened after both.
+        last: dict[str, float] = {}
+        for order, _, eid, _, _ in events:
+            last[eid] = order
+        for row in promoted:
+            row["order"] = max(_seq(row), last.get(row["experiment_id"], float("-inf")))
+        promoted.sort(key=lambda r: r["order"])
     per_promotion = []
-    promoted = [p["experiment_id"] for p in view.state.promotions]
-    spent, runs, position = 0.0, 0, 0
-    for eid, cost in order:
+    spent, runs, index = 0.0, 0, 0
+    for order, _, _, cost, _ in events:
+        while index < len(promoted) and promoted[index]["order"] < order:
+            p = promoted[index]
+            per_promotion.append({"experiment_id": p["experiment_id"], "metric": p["metric"],
+                                  "cost_usd": spent, "runs": runs})
+            spent, runs, index = 0.0, 0, index + 1
         spent += cost
         runs += 1
-        if position < len(promoted) and eid == promoted[position]:
-            promotion = view.state.promotions[position]
-            per_promotion.append({"experiment_id": eid, "metric": promotion["metric"],
-                                  "cost_usd": spent, "runs": runs})
-            spent, runs, position = 0.0, 0, position + 1
+    for p in promoted[index:]:
+        per_promotion.append({"experiment_id": p["experiment_id"], "metric": p["metric"],
+                              "cost_usd": spent, "runs": runs})
+        spent, runs = 0.0, 0
     cap = view.config.policy.max_usd
     return {
-        "total_usd": total, "priced_runs": priced, "unpriced_runs": unpriced,
-        "budget_usd": cap, "left_usd": None if cap is None else cap - total,
-        "per_experiment": [
-            {"experiment_id": eid, "cost_usd": e["cost_usd"], "runs": e["runs"],
-             "flavors": sorted(e["flavors"])}
-            for eid, e in by_exp.items() if e["cost_usd"] or e["flavors"]
-        ],
+        "total_usd": total, "priced_runs": len(events), "budget_usd": cap,
+        "left_usd": None if cap is None else cap - total,
+        "per_experiment": sorted(
+            ({"experiment_id": eid, "cost_usd": e["cost_usd"], "runs": e["runs"],
+              "flavors": sorted(e["flavors"])} for eid, e in by_exp.items()),
+            key=lambda r: -r["cost_usd"]),
         "per_promotion": per_promotion,
     }
+
+
+def _seq(row: dict[str, Any]) -> float:
+    return float("inf") if row["seq"] is None else row["seq"]

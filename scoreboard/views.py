@@ -1,13 +1,19 @@
 """DuckDB views over a lab: ``queue``, ``experiments``, ``scores``, ``ideas``,
-``promotions``.
+``promotions``, ``knobs``.
 
-``queue``, ``scores`` and ``ideas`` are the raw tables (rows on ``main`` by ``seq``,
-then rows still in record refs, whose ``seq`` is null); ``experiments`` is the folded
-state, one row per experiment; ``promotions`` the promotion events.
+``queue`` and ``ideas`` are the raw tables (rows on ``main`` by ``seq``, then rows
+still in record refs, whose ``seq`` is null). ``scores`` holds every score row, with
+``late`` as the fold decided it. ``experiments`` is the folded state, one row per
+experiment; ``promotions`` the promotion events; ``knobs`` each experiment's value of
+every knob of the lab's config (see :mod:`autolab.scoreboard.knobs`).
+
+Only the views a query names are built, so a query over ``experiments`` never reads
+the raw queue.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -16,52 +22,55 @@ import pyarrow as pa
 if TYPE_CHECKING:
     from autolab.protocol.reader import LabView
 
-VIEWS = ("queue", "experiments", "scores", "ideas", "promotions")
+VIEWS = ("queue", "experiments", "scores", "ideas", "promotions", "knobs")
 
-_EXPERIMENTS = pa.schema([
-    ("experiment_id", pa.string()), ("state", pa.string()), ("attempt", pa.int32()),
-    ("hypothesis", pa.string()), ("priority", pa.float64()), ("patch_hash", pa.string()),
-    ("parent_commit", pa.string()), ("proposed_by", pa.string()), ("agent", pa.string()),
-    ("lease_until", pa.timestamp("us", tz="UTC")), ("claimed_at", pa.timestamp("us", tz="UTC")),
-    ("backend", pa.string()), ("job_id", pa.string()), ("reason", pa.string()),
-    ("status", pa.string()), ("metric", pa.float64()), ("promoted", pa.bool_()),
-])
-_PROMOTIONS = pa.schema([
-    ("experiment_id", pa.string()), ("attempt", pa.int32()), ("metric", pa.float64()),
-    ("source_commit", pa.string()), ("agent", pa.string()),
-    ("at", pa.timestamp("us", tz="UTC")), ("seq", pa.int64()),
-])
+EXPERIMENT_COLUMNS = (
+    "experiment_id", "state", "attempt", "hypothesis", "priority", "patch_hash",
+    "parent_commit", "proposed_by", "agent", "lease_until", "claimed_at", "backend", "job_id",
+    "reason", "status", "metric", "promoted",
+)
 
 
 def experiments_table(view: LabView) -> pa.Table:
-    rows = [e.to_dict() for e in view.state.experiments.values()]
-    return pa.Table.from_pylist(rows, schema=_EXPERIMENTS)
+    """The ``experiments`` view: one row per experiment, in proposal order."""
+    return view.folded().experiments.select(list(EXPERIMENT_COLUMNS))
 
 
-def connect(view: LabView) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the lab's views registered."""
+def view_table(view: LabView, name: str) -> pa.Table:
+    """The arrow table behind view ``name``."""
+    if name == "experiments":
+        return experiments_table(view)
+    if name == "scores":
+        return view.folded().scores
+    if name == "promotions":
+        return view.folded().promotions
+    if name == "knobs":
+        from autolab.scoreboard.knobs import knobs_table
+
+        return knobs_table(view)
+    if name in ("queue", "ideas"):
+        return view.table(name)
+    raise KeyError(name)
+
+
+def named_views(sql: str) -> list[str]:
+    """The views ``sql`` may use: every view whose name appears in it as a word."""
+    words = set(re.findall(r"[a-z_][a-z0-9_]*", sql.lower()))
+    return [name for name in VIEWS if name in words]
+
+
+def connect(view: LabView, names: list[str] | tuple[str, ...] = VIEWS
+            ) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the views ``names`` registered."""
     con = duckdb.connect()
-    scores = view.table("scores")
-    # The fold decides lateness (a later outcome for an ended attempt); show its verdict.
-    late = {(s["event_id"]): s["late"] for s in view.state.scores}
-    if scores.num_rows:
-        flags = pa.array([late.get(e, True) for e in scores.column("event_id").to_pylist()])
-        scores = scores.set_column(scores.schema.get_field_index("late"), "late", flags)
-    tables: dict[str, Any] = {
-        "queue": view.table("queue"),
-        "scores": scores,
-        "ideas": view.table("ideas"),
-        "experiments": experiments_table(view),
-        "promotions": pa.Table.from_pylist(view.state.promotions, schema=_PROMOTIONS),
-    }
-    for name, table in tables.items():
-        con.register(name, table)
+    for name in names:
+        con.register(name, view_table(view, name))
     return con
 
 
 def query(view: LabView, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run ``sql`` over the views; return column names and rows."""
-    con = connect(view)
+    con = connect(view, named_views(sql))
     try:
         result = con.execute(sql)
     except duckdb.Error as exc:

@@ -8,6 +8,7 @@ behind a real ``git daemon``.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -129,6 +130,14 @@ def test_contract_detached_launch_completes_with_a_promotion(hub, tmp_path, git_
     assert launched["job_id"] == f"{USER}/{job.id}"
     # The token went to the job as a secret, and nowhere into the lab.
     assert body["secrets"] == {"HF_TOKEN": TOKEN}
+    status = json.loads(run_cli("status", "--lab", remote.url, "--json", check=True).stdout)
+    spend = status["spend"]
+    assert spend["total_usd"] == pytest.approx(score["cost_usd"])
+    assert spend["per_experiment"] == [{"experiment_id": eid, "cost_usd": score["cost_usd"],
+                                        "runs": 1, "flavors": ["cpu-basic"]}]
+    assert [(p["experiment_id"], p["runs"]) for p in spend["per_promotion"]] == [(eid, 1)]
+    text = run_cli("status", "--lab", remote.url, check=True).stdout
+    assert "spend" in text and f"{score['cost_usd']:.4f}"[:6] in text
     everything = remote.git("log", "--all", "-p", "--format=%B")
     assert TOKEN not in everything and TOKEN not in str(view.table("scores").to_pylist())
 
