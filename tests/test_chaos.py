@@ -184,7 +184,8 @@ def test_chaos_run_loses_nothing(tmp_path, git_daemon):
         "queue_rows": len(queue), "score_rows": len(scores),
         "ended_by_restart": sum(1 for r in queue if r["event"] in ("expired", "failed")
                                 and (r["reason"] or "").startswith("its worker died")),
-        "expired_leases": sum(1 for r in queue if r["event"] == "expired"),
+        "expired_leases": sum(1 for r in queue if r["event"] == "expired"
+                              and (r["reason"] or "").startswith("lease of")),
         "best_metric": best["metric"],
     }
     print("chaos:", json.dumps(figures))
