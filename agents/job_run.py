@@ -54,11 +54,7 @@ def run_attempt(lab: Lab, experiment_id: str, attempt: int, *, backend: str = "h
         AutoLabError: no such experiment or attempt.
     """
     view = lab.read()
-    exp = view.state.experiments.get(experiment_id)
-    if exp is None:
-        raise AutoLabError(f"unknown experiment {experiment_id}")
-    if not 1 <= attempt <= exp.attempt:
-        raise AutoLabError(f"attempt {attempt} of experiment {experiment_id} was never claimed")
+    exp = tx.claimed_experiment(view, experiment_id, attempt)
     if exp.state != "claimed" or exp.attempt != attempt:
         raise NothingToDo(f"experiment {experiment_id} attempt {attempt} is not current "
                           f"({exp.state} at attempt {exp.attempt}): nothing to run")

@@ -210,6 +210,20 @@ def make_score(experiment_id: str, attempt: int, *, status: str, metric: float |
     return row
 
 
+def claimed_experiment(view: LabView, experiment_id: str, attempt: int) -> Experiment:
+    """The experiment, checked to exist and to have had ``attempt`` claimed.
+
+    Raises:
+        AutoLabError: the experiment is unknown or the attempt was never claimed.
+    """
+    exp = view.state.experiments.get(experiment_id)
+    if exp is None:
+        raise AutoLabError(f"unknown experiment {experiment_id}")
+    if not 1 <= attempt <= exp.attempt:
+        raise AutoLabError(f"attempt {attempt} of experiment {experiment_id} was never claimed")
+    return exp
+
+
 def submit(lab: Lab, score: dict[str, Any]) -> SubmitResult:
     """Record a finished attempt's score. Idempotent per (experiment, attempt).
 
@@ -220,11 +234,7 @@ def submit(lab: Lab, score: dict[str, Any]) -> SubmitResult:
     eid, attempt, digest = score["experiment_id"], score["attempt"], score["result_digest"]
     for _ in lab.backoff.delays():
         view = lab.read()
-        exp = view.state.experiments.get(eid)
-        if exp is None:
-            raise AutoLabError(f"unknown experiment {eid}")
-        if not 1 <= attempt <= exp.attempt:
-            raise AutoLabError(f"attempt {attempt} of experiment {eid} was never claimed")
+        exp = claimed_experiment(view, eid, attempt)
         for existing in view.state.scores_for(eid, attempt):
             if existing["result_digest"] == digest:
                 return SubmitResult("duplicate", eid, attempt, existing["late"])
