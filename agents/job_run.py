@@ -18,6 +18,7 @@ from pathlib import Path
 from autolab.agents.backends.base import RunResult
 from autolab.agents.backends.local import LocalBackend
 from autolab.agents.worker import Cycle, Worker
+from autolab.protocol import compute
 from autolab.protocol import transactions as tx
 from autolab.protocol.errors import AutoLabError, NothingToDo
 from autolab.protocol.lab import Lab
@@ -61,6 +62,6 @@ def run_attempt(lab: Lab, experiment_id: str, attempt: int, *, backend: str = "h
     claim = tx.Claim(experiment_id, attempt, exp.lease_until, exp.patch, exp.patch_hash,
                      exp.hypothesis, exp.parent_commit, view.main)
     runner = JobRun(lab, backend, Path(tempfile.mkdtemp(prefix="autolab-run-")), say)
-    launch = tx.launches(view).get((experiment_id, attempt))
+    launch = compute.launches(view).get((experiment_id, attempt))
     runner.job_id = launch["job_id"] if launch else os.environ.get("JOB_ID")
     return runner.execute(claim)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from autolab.agents.proposers.space import propose_space
 from autolab.agents.reaping import reap
 from autolab.protocol import transactions as tx
+from autolab.protocol.compute import check_budget
+from autolab.protocol.errors import NothingToDo
 from autolab.protocol.lab import Lab
 
 
@@ -17,10 +19,10 @@ def plan_once(lab: Lab, depth: int, say: Callable[[str], None] = print,
     view = lab.read()
     reap(lab, view, say)
     state, config = view.state, view.config
-    left = tx.budget_left(view)
-    if left is not None and left <= 0:
-        say(f"budget spent (${tx.spent_usd(view):.2f} of ${config.policy.max_usd:.2f}): "
-            f"not proposing")
+    try:
+        check_budget(view)
+    except NothingToDo as exc:
+        say(f"{exc}: not proposing")
         return []
     queued = len(state.by_state("queued"))
     if queued >= depth:

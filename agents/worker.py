@@ -19,6 +19,7 @@ from pathlib import Path
 from autolab.agents.backends.base import Backend, RunRequest, RunResult
 from autolab.agents.worktree import Worktree
 from autolab.protocol import transactions as tx
+from autolab.protocol.compute import check_budget
 from autolab.protocol.errors import Conflict, NothingToDo, PatchError
 from autolab.protocol.harness import harness_files, harness_hash
 from autolab.protocol.lab import Lab, now
@@ -72,11 +73,7 @@ class Worker:
             NothingToDo: the lab's budget (``policy.max_usd``) is spent.
         """
         start = time.monotonic()
-        view = self.lab.read(max_age=2.0)
-        left = tx.budget_left(view)
-        if left is not None and left <= 0:
-            raise NothingToDo(f"budget spent: ${tx.spent_usd(view):.2f} of "
-                              f"${view.config.policy.max_usd:.2f} (policy.max_usd)")
+        check_budget(self.lab.read(max_age=2.0))
         try:
             claim = tx.claim(self.lab, backend=self.backend.name)
         except NothingToDo:

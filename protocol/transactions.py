@@ -331,53 +331,6 @@ def abandon(lab: Lab, exp: Experiment, reason: str, max_attempts: int, *,
     return event if ended else None
 
 
-def launched(lab: Lab, experiment_id: str, attempt: int, *, job_id: str,
-             backend: str) -> bool:
-    """Record that ``attempt`` runs as remote job ``job_id`` (create-only: one launch per
-    attempt, so two launchers can never both start it). False if already recorded."""
-    row = {"experiment_id": experiment_id, "event": "launched", "attempt": attempt,
-           "at": now(), "job_id": job_id, "backend": backend}
-    try:
-        lab.create_record(record_ref("launches", experiment_id, attempt), {"queue": [row]},
-                          f"launch {experiment_id} attempt {attempt}: job {job_id}")
-    except Conflict:
-        return False
-    return True
-
-
-def launches(view: LabView) -> dict[tuple[str, int], dict[str, Any]]:
-    """``(experiment, attempt) -> launched row`` (the first per attempt)."""
-    queue = view.table("queue")
-    if not queue.num_rows:
-        return {}
-    import pyarrow.compute as pc
-
-    rows = queue.filter(pc.equal(queue.column("event"), "launched")).to_pylist()
-    out: dict[tuple[str, int], dict[str, Any]] = {}
-    for row in rows:
-        out.setdefault((row["experiment_id"], row["attempt"]), row)
-    return out
-
-
-def spent_usd(view: LabView) -> float:
-    """What the lab's recorded runs cost: scores' ``cost_usd`` plus that of attempts that
-    ended without a score (a job that errored); unknown counts as 0."""
-    import pyarrow.compute as pc
-
-    total = 0.0
-    for table in ("scores", "queue"):
-        data = view.table(table)
-        if data.num_rows:
-            total += pc.sum(data.column("cost_usd")).as_py() or 0.0
-    return total
-
-
-def budget_left(view: LabView) -> float | None:
-    """USD left under ``policy.max_usd``; None when the lab sets no budget."""
-    cap = view.config.policy.max_usd
-    return None if cap is None else cap - spent_usd(view)
-
-
 def release(lab: Lab, experiment_id: str, attempt: int, reason: str) -> bool:
     """Give a claimed attempt back to the queue (e.g. a worker shutting down)."""
     return _end_attempt(lab, experiment_id, attempt, "released", reason)

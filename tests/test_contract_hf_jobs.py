@@ -23,6 +23,7 @@ from autolab.agents.backends.hf_jobs import lab_label
 from autolab.agents.knobs import set_knobs, unified_diff
 from autolab.agents.lab_init import init_lab
 from autolab.agents.reaping import reap
+from autolab.protocol import compute
 from autolab.protocol import transactions as tx
 from autolab.protocol.lab import Lab, now
 
@@ -126,7 +127,7 @@ def test_contract_detached_launch_completes_with_a_promotion(hub, tmp_path, git_
     log = remote.git("show", f"{score['log_ref']}:run.log")
     assert "score: 0.250000" in log
     assert "X = 2.5" in remote.git("show", "main:experiment.py")
-    launched = tx.launches(view)[(eid, 1)]
+    launched = compute.launches(view)[(eid, 1)]
     assert launched["job_id"] == f"{USER}/{job.id}"
     # The token went to the job as a secret, and nowhere into the lab.
     assert body["secrets"] == {"HF_TOKEN": TOKEN}
@@ -222,7 +223,7 @@ def test_contract_budget_exhaustion_stops_launches_and_proposals(hub, tmp_path, 
     first = [j for j in api.list_jobs(namespace=USER)]
     assert len(first) == 1
     assert hub.wait_job(first[0].id, timeout=120) == "COMPLETED"
-    spent = tx.spent_usd(Lab.open(remote.url, "check").read())
+    spent = compute.spent_usd(Lab.open(remote.url, "check").read())
     assert spent > 0.0000001
     proc = _launch(remote.url, hub)
     assert proc.returncode == 3 and "budget spent" in proc.stderr

@@ -29,8 +29,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from autolab.protocol import compute
 from autolab.protocol import transactions as tx
-from autolab.protocol.errors import AutoLabError, NothingToDo
+from autolab.protocol.errors import AutoLabError
 from autolab.protocol.lab import Lab, now
 
 if TYPE_CHECKING:
@@ -229,10 +230,7 @@ class Launcher:
         """Claim one experiment and launch it; NothingToDo when none is claimable or the
         lab's budget is spent."""
         view = self.lab.read()
-        left = tx.budget_left(view)
-        if left is not None and left <= 0:
-            raise NothingToDo(f"budget spent: ${tx.spent_usd(view):.2f} of "
-                              f"${view.config.policy.max_usd:.2f} (policy.max_usd)")
+        compute.check_budget(view)
         price = self.price()
         lease = self.settings.timeout + view.config.policy.lease_margin
         claim = tx.claim(self.lab, backend=BACKEND, lease_seconds=lease)
@@ -265,7 +263,7 @@ class Launcher:
             namespace=self.namespace,
         )
         # "<namespace>/<id>": whoever checks on the job later needs both.
-        tx.launched(self.lab, claim.experiment_id, claim.attempt,
+        compute.launched(self.lab, claim.experiment_id, claim.attempt,
                     job_id=f"{self.namespace}/{job.id}", backend=BACKEND)
         self.say(f"launched {claim.experiment_id} attempt {claim.attempt} as job {job.id} "
                  f"({settings.flavor}): {claim.hypothesis}")
@@ -304,7 +302,7 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
     from huggingface_hub.errors import HfHubHTTPError
 
     check = JobCheck()
-    launched = tx.launches(view)
+    launched = compute.launches(view)
     moment = now()
     for exp in view.state.by_state("claimed"):
         if exp.backend != BACKEND:
