@@ -182,7 +182,7 @@ class Lab:
 
     def build_main_commit(self, view: LabView, change: MainChange) -> str:
         """Build (not push) the commit for ``change`` on ``view.main``."""
-        seq = view.state.max_seq
+        seq = view.max_seq
         add: dict[str, bytes] = dict(change.files.add)
         pending = view.pending if change.fold_records else []
         for table in TABLES:
