@@ -397,6 +397,11 @@ class GitStore(LabStore):
     def read_blob(self, blob_id: str) -> bytes:
         return self.repo[blob_id].data
 
+    def read_blob_buffer(self, blob_id: str) -> memoryview:
+        # The blob's own buffer: a compacted shard is tens of MB, and copying it into
+        # ``bytes`` costs as much as inflating it.
+        return memoryview(self.repo[blob_id])
+
     def read_file(self, commit: str, path: str) -> bytes | None:
         try:
             entry = self._tree(commit)[path]

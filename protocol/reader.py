@@ -33,6 +33,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from autolab.protocol.columnar_fold import few_chunks, fold_columns, sorted_main
 from autolab.protocol.config import CONFIG_FILE, LabConfig, parse_config
 from autolab.protocol.errors import ConfigError, LabError, ShardError
 from autolab.protocol.schemas import SCHEMA_VERSION, SCHEMAS, TABLES
@@ -45,6 +46,7 @@ from autolab.protocol.shards import (
 )
 from autolab.protocol.state import (
     ANOMALIES,
+    CHARGES,
     EXPERIMENT_STATE,
     PROMOTIONS,
     LabState,
@@ -86,20 +88,41 @@ def read_rows(store: LabStore, table: str, blob: str, path: str, commit: str
     return _remember(_decoded, blob, _row_dicts(read_table(store, table, blob, path, commit)))
 
 
-def read_table(store: LabStore, table: str, blob: str, path: str, commit: str) -> pa.Table:
-    """One shard as an arrow table (cached by blob id).
+# Columns a *lean* read leaves out: patches are most of a lab's bytes (and of its decode
+# time), and the columnar fold does not need them.
+LEAN_SKIPS = ("patch",)
+
+
+def read_table(store: LabStore, table: str, blob: str, path: str, commit: str, *,
+               lean: bool = False) -> pa.Table:
+    """One shard as an arrow table (cached by blob id); ``lean``: without ``LEAN_SKIPS``.
 
     Raises:
         ShardError: naming ``path`` and ``commit``.
     """
     hit = _tables.get(blob)
     if hit is not None:
-        return hit
+        return _lean(hit) if lean else hit
+    if lean:
+        key = f"{blob} lean"
+        hit = _tables.get(key)
+        if hit is None and not path.endswith(".json"):
+            hit = _remember(_tables, key, decode(table, store.read_blob_buffer(blob), path,
+                                                 commit, skip=LEAN_SKIPS))
+        if hit is not None:
+            return hit
+        return _lean(read_table(store, table, blob, path, commit))
     if not path.endswith(".json"):
-        return _remember(_tables, blob, decode(table, store.read_blob(blob), path, commit))
+        return _remember(_tables, blob, decode(table, store.read_blob_buffer(blob), path,
+                                               commit))
     rows = read_rows(store, table, blob, path, commit)
     clean = [{k: v for k, v in r.items() if k != "_order"} for r in rows]
     return _remember(_tables, blob, pa.Table.from_pylist(clean, schema=SCHEMAS[table]))
+
+
+def _lean(data: pa.Table) -> pa.Table:
+    skip = [name for name in LEAN_SKIPS if name in data.column_names]
+    return data.drop_columns(skip) if skip else data
 
 
 def _values(column: pa.ChunkedArray) -> list[Any]:
@@ -215,6 +238,28 @@ class LabView:
                 rows["ideas"])
             self.__dict__["_folded"] = hit
         return hit
+
+    def patches(self, experiment_ids: list[str]) -> list[str]:
+        """The patch each of ``experiment_ids`` was proposed with ("" if none, or unknown).
+
+        Patches are not in :meth:`folded`'s tables: this reads the proposals (main's queue
+        whole, then pending records); an experiment's first proposal wins, as in the fold.
+        """
+        if not experiment_ids:
+            return []
+        main = self._fold.main_table(self.store, "queue")
+        proposed = main.filter(pc.and_(
+            pc.equal(main.column("event"), "proposed"),
+            pc.is_in(main.column("experiment_id"),
+                     value_set=pa.array(experiment_ids, pa.string()))))
+        found: dict[str, str] = {}
+        for eid, patch in zip(proposed.column("experiment_id").to_pylist(),
+                              proposed.column("patch").to_pylist(), strict=True):
+            found.setdefault(eid, patch or "")
+        for row in self._pending_rows["queue"]:  # in fold order already
+            if row["event"] == "proposed":
+                found.setdefault(row["experiment_id"], row["patch"] or "")
+        return [found.get(eid, "") for eid in experiment_ids]
 
     def table(self, name: str) -> pa.Table:
         """The whole table as arrow: ``main`` rows by ``seq``, then pending record rows."""
@@ -356,7 +401,8 @@ class MainFold:
                  derive: tuple[StateTables, dict[str, list[dict]]] | None = None,
                  main_tables: dict[str, pa.Table] | None = None, unsaved: float = math.inf,
                  store: LabStore | None = None,
-                 parts: dict[str, list[pa.Table]] | None = None) -> None:
+                 parts: dict[str, list[pa.Table]] | None = None,
+                 lean_parts: bool = False) -> None:
         self.main, self.shards, self.max_seq = main, shards, max_seq
         self.max_row_seq = max_row_seq  # the largest seq of any row (-1: none)
         self.rows = rows
@@ -367,20 +413,19 @@ class MainFold:
         self.unsaved = unsaved  # rows folded since this fold's line was last on disk
         self._store = store
         # The decoded shards, until the state is folded from them: the per-blob cache
-        # holds 8192 shards, and a lab can have more.
+        # holds 8192 shards, and a lab can have more. Lean parts lack ``LEAN_SKIPS``.
         self._parts = parts
+        self._lean_parts = lean_parts
+        self._lean_tables: dict[str, pa.Table] = {}
 
     @property
     def state(self) -> LabState:
         if self._state is None:
             assert self._store is not None
-            store = self._store
-            parts = self._parts or {t: [read_table(store, t, blob, path, self.main)
-                                        for path, blob in files.items()]
-                                    for t, files in self.shards.items()}
+            parts = self._full_parts()
             self._state = _fold_tables(self.main, self.max_seq, parts)
             for name in TABLES:  # no copy: the same buffers, in order
-                self.main_table(store, name)
+                self._main_tables.setdefault(name, sorted_main(name, parts[name]))
             self._parts = None
         return self._state
 
@@ -394,12 +439,19 @@ class MainFold:
                 elif self._state is not None:
                     self._tables = state_tables(self._state, self.main_table(store, "scores"))
                 else:
-                    # Folded only to be turned into tables (a scoreboard command): not
-                    # kept, it is most of the memory, and its tables are the cheaper form.
-                    state = self.state
-                    self._state = None
-                    self._tables = state_tables(state, self.main_table(store, "scores"))
-                    del state
+                    # Folded only to be turned into tables (a scoreboard command): straight
+                    # from the columns, without building the rows and the state.
+                    main = {t: self.main_table(store, t, lean=True) for t in TABLES}
+                    if any(main[t].column("seq").null_count for t in TABLES):
+                        # Rows without seq on main (hand-made shards): the row fold
+                        # orders them; it is not kept, it is most of the memory.
+                        state = self.state
+                        self._state = None
+                        self._tables = state_tables(state, self.main_table(store, "scores"))
+                    else:
+                        self._parts = None
+                        self._tables = fold_columns(self.main, self.max_seq, main["queue"],
+                                                    main["scores"], main["ideas"])
             self._derive = None
             _maybe_save(store, self)
         return self._tables
@@ -417,30 +469,35 @@ class MainFold:
     def id_column(self) -> pa.ChunkedArray:
         return self._ids
 
-    def main_table(self, store: LabStore, name: str) -> pa.Table:
-        """``main``'s rows of table ``name``, sorted by ``(seq, event_id)``."""
+    def _full_parts(self) -> dict[str, list[pa.Table]]:
+        assert self._store is not None
+        if self._parts is not None and not self._lean_parts:
+            return self._parts
+        return {t: [read_table(self._store, t, blob, path, self.main)
+                    for path, blob in files.items()] for t, files in self.shards.items()}
+
+    def main_table(self, store: LabStore, name: str, *, lean: bool = False) -> pa.Table:
+        """``main``'s rows of table ``name``, sorted by ``(seq, event_id)``; ``lean``: without
+        the columns ``LEAN_SKIPS`` names (a cheaper read where they are not needed)."""
         hit = self._main_tables.get(name)
-        if hit is None:
-            if self._parts is not None:
-                parts = self._parts[name]
-            else:
-                parts = [read_table(store, name, blob, path, self.main)
-                         for path, blob in sorted(self.shards[name].items())]
-            hit = self._main_tables[name] = _sorted_main(name, parts)
+        if hit is None and self._parts is not None and not self._lean_parts:
+            hit = self._main_tables[name] = sorted_main(name, self._parts[name])
+        if hit is not None:
+            return _lean(hit) if lean else hit
+        if lean:
+            hit = self._lean_tables.get(name)
+            if hit is None:
+                if self._parts is not None:
+                    parts = self._parts[name]
+                else:
+                    parts = [read_table(store, name, blob, path, self.main, lean=True)
+                             for path, blob in sorted(self.shards[name].items())]
+                hit = self._lean_tables[name] = sorted_main(name, parts)
+            return hit
+        parts = [read_table(store, name, blob, path, self.main)
+                 for path, blob in sorted(self.shards[name].items())]
+        hit = self._main_tables[name] = sorted_main(name, parts)
         return hit
-
-
-def _sorted_main(name: str, parts: list[pa.Table]) -> pa.Table:
-    """Shards concatenated in order of ``(seq, event_id)``; no copy when they already are
-    (the usual case: each shard is in seq order, and names sort by seq)."""
-    if not parts:
-        return SCHEMAS[name].empty_table()
-    data = pa.concat_tables(parts)
-    seq = data.column("seq")
-    if not seq.null_count and (data.num_rows < 2 or pc.all(pc.greater(
-            seq.slice(1), seq.slice(0, data.num_rows - 1))).as_py()):
-        return data
-    return data.sort_by([("seq", "ascending"), ("event_id", "ascending")])
 
 
 def _by_id(name: str, parts: list[pa.Table]) -> pa.Table:
@@ -501,24 +558,39 @@ def _fold_everything(store: LabStore, main: str, shards: dict[str, dict[str, str
     Raises:
         ShardError: a shard does not decode, or repeats an event already on main.
     """
-    ids: set[str] = set()
+    # A few big shards are read lean (their patches only when asked for); many small ones
+    # whole, since their rows are kept on disk with the fold (see ``_save``).
+    lean = sum(len(files) for files in shards.values()) <= _MAIN_SHARDS_SAVED
     parts: dict[str, list[pa.Table]] = {t: [] for t in TABLES}
     for table, files in shards.items():
         for path, blob in files.items():
-            data = read_table(store, table, blob, path, main)
-            shard_ids = data.column("event_id").to_pylist()
-            before = len(ids)
-            ids.update(shard_ids)
-            if len(ids) - before != len(shard_ids):
-                # Every event lands on main once; a copy (a botched manual merge, a
-                # replayed shard) would count a claim or a score twice.
-                raise ShardError(path, main, "duplicate rows (an event_id already on main): "
-                                 "run `autolab doctor --fix`")
-            parts[table].append(data)
+            parts[table].append(read_table(store, table, blob, path, main, lean=lean))
     every = [p for t in TABLES for p in parts[t]]
+    ids = _id_column(every)
+    rows = len(ids)
+    if rows and len(pc.unique(ids)) != rows:  # (count_distinct is several times slower)
+        _raise_duplicate(shards, parts, main)
     # Folded when first needed: as a state (transactions), or only to become tables.
     return MainFold(main, shards, max_seq, max_row_seq=_max_seq_of(every, -1),
-                    rows=len(ids), ids=_id_column(every), store=store, parts=parts)
+                    rows=rows, ids=ids, store=store, parts=parts, lean_parts=lean)
+
+
+def _raise_duplicate(shards: dict[str, dict[str, str]], parts: dict[str, list[pa.Table]],
+                     main: str) -> None:
+    """Name the first shard (in listing order) that repeats an event id.
+
+    Every event lands on main once; a copy (a botched manual merge, a replayed shard)
+    would count a claim or a score twice.
+    """
+    seen: set[str] = set()
+    for table, files in shards.items():
+        for path, data in zip(files, parts[table], strict=True):
+            shard_ids = data.column("event_id").to_pylist()
+            before = len(seen)
+            seen.update(shard_ids)
+            if len(seen) - before != len(shard_ids):
+                raise ShardError(path, main, "duplicate rows (an event_id already on main): "
+                                 "run `autolab doctor --fix`")
 
 
 def _fold_tables(main: str, max_seq: int, parts: dict[str, list[pa.Table]]) -> LabState:
@@ -528,24 +600,17 @@ def _fold_tables(main: str, max_seq: int, parts: dict[str, list[pa.Table]]) -> L
     into the same order, and rows are built a block at a time as they are folded, so
     10^5 row dicts are never alive at once (they were most of a cold read's memory).
     """
-    data = {t: _few_chunks(pa.concat_tables(parts[t])) if parts[t]
+    data = {t: few_chunks(pa.concat_tables(parts[t])) if parts[t]
             else SCHEMAS[t].empty_table() for t in TABLES}
     with _gc_paused():
         if any(d.column("seq").null_count for d in data.values()):
             rows = {t: _row_dicts(data[t], order=True) for t in TABLES}
             return fold(main, max_seq, rows["queue"], rows["scores"], rows["ideas"])
-        ideas = _row_dicts(_sorted_main("ideas", [data["ideas"]]), order=True)
+        ideas = _row_dicts(sorted_main("ideas", [data["ideas"]]), order=True)
         return fold_ordered(main, max_seq, _ordered_rows(data["queue"], data["scores"]), ideas)
 
 
 _BLOCK = 32768
-
-
-def _few_chunks(data: pa.Table) -> pa.Table:
-    """``data`` in one chunk if it has many: taking rows from 10^4 shards' chunks is slow
-    (and a big compacted shard's few chunks are not worth a copy)."""
-    return data.combine_chunks() if data.num_columns and data.column(0).num_chunks > 64 \
-        else data
 
 
 def _ordered_rows(queue: pa.Table, scores: pa.Table) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -633,7 +698,7 @@ def _continue(store: LabStore, base: MainFold, main: str, shards: dict[str, dict
     for table in TABLES:
         had = base._main_tables.get(table)
         if had is not None and not gone[table]:
-            main_tables[table] = _sorted_main(table, [had, *fresh[table]])
+            main_tables[table] = sorted_main(table, [had, *fresh[table]])
     every = [p for t in TABLES for p in fresh[t]]
     moved = any(gone.values())
     return MainFold(main, shards, max_seq, max_row_seq=_max_seq_of(every, base.max_row_seq),
@@ -652,7 +717,10 @@ def _continue(store: LabStore, base: MainFold, main: str, shards: dict[str, dict
 # a prefix of its main's (then it continues the fold, as above).
 
 _KEEP_ON_DISK = 3
-_DISK_TABLES = ("experiments", "scores", "promotions", "ideas", "anomalies")
+# Main's rows are saved with the fold when main has more shards than this: a few shards
+# (a compacted lab) decode faster than their copy is written.
+_MAIN_SHARDS_SAVED = 64
+_DISK_TABLES = ("experiments", "scores", "promotions", "ideas", "anomalies", "charges")
 
 
 def _code_key() -> str:
@@ -711,7 +779,9 @@ def _save(store: LabStore, where: Path, fold_: MainFold) -> None:
     try:
         folded = fold_._tables
         files = {name: getattr(folded, name) for name in _DISK_TABLES}
-        files.update({f"main-{t}": fold_.main_table(store, t) for t in TABLES})
+        if sum(len(files) for files in fold_.shards.values()) > _MAIN_SHARDS_SAVED:
+            # Main's rows too, where reading them back from git means decoding many shards.
+            files.update({f"main-{t}": fold_.main_table(store, t) for t in TABLES})
         files["ids"] = pa.table({"event_id": fold_.id_column()})
         for name, table in files.items():
             with pa.OSFile(str(tmp / f"{name}.arrow"), "wb") as sink, \
@@ -764,7 +834,8 @@ def _load(entry: Path, meta: dict[str, Any]) -> MainFold:
 
     loaded = {name: arrow(name) for name in _DISK_TABLES}
     expected = {"experiments": EXPERIMENT_STATE, "promotions": PROMOTIONS,
-                "anomalies": ANOMALIES, "scores": SCHEMAS["scores"], "ideas": SCHEMAS["ideas"]}
+                "anomalies": ANOMALIES, "scores": SCHEMAS["scores"], "ideas": SCHEMAS["ideas"],
+                "charges": CHARGES}
     for name, schema in expected.items():
         if not loaded[name].schema.equals(schema):
             raise pa.ArrowInvalid(f"{entry}: {name} has another schema")
@@ -772,4 +843,5 @@ def _load(entry: Path, meta: dict[str, Any]) -> MainFold:
     return MainFold(meta["main"], meta["shards"], meta["max_seq"],
                     max_row_seq=meta["max_row_seq"], rows=meta["rows"],
                     ids=arrow("ids").column("event_id"), tables=tables,
-                    main_tables={t: arrow(f"main-{t}") for t in TABLES}, unsaved=0)
+                    main_tables={t: arrow(f"main-{t}") for t in TABLES
+                                 if (entry / f"main-{t}.arrow").exists()}, unsaved=0)

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from autolab.protocol.errors import ShardError
@@ -31,6 +32,7 @@ _NAME = re.compile(
     r"^(?P<seq>\d{12})-(?P<agent>[A-Za-z0-9_.]+)-(?P<nonce>[0-9a-f]{16})\.(?P<ext>parquet|json)$"
 )
 _AGENT_CHARS = re.compile(r"[^A-Za-z0-9_.]+")
+_THREADED_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -90,43 +92,78 @@ def encode(table: str, rows: list[dict[str, Any]] | pa.Table) -> bytes:
     return sink.getvalue()
 
 
-def _check_not_newer(versions: list[Any], path: str, commit: str) -> None:
-    newest = max((v for v in versions if isinstance(v, int)), default=None)
+def _check_not_newer(versions: list[Any] | pa.ChunkedArray, path: str, commit: str) -> None:
+    if isinstance(versions, pa.ChunkedArray):
+        newest = pc.max(versions).as_py() if pa.types.is_integer(versions.type) else None
+    else:
+        newest = max((v for v in versions if isinstance(v, int)), default=None)
     if newest is not None and newest > SCHEMA_VERSION:
         raise ShardError(path, commit, f"schema_version {newest} is newer than the "
                          f"{SCHEMA_VERSION} this autolab reads: upgrade autolab", newer=True)
 
 
-def _upgrade(table: str, data: pa.Table, got: dict[str, Any]) -> tuple[pa.Table, dict[str, Any]]:
-    """Add, as nulls, the columns a shard of an older schema version cannot have."""
-    oldest = min((v for v in data.column("schema_version").to_pylist() if v), default=1)
+def _upgrade(table: str, data: pa.Table, got: dict[str, Any], schema: pa.Schema
+             ) -> tuple[pa.Table, dict[str, Any]]:
+    """Add, as nulls, the columns of ``schema`` a shard of an older version cannot have."""
+    oldest = pc.min(data.column("schema_version")).as_py() or 1
     added = [name for name, version in ADDED_IN.get(table, {}).items()
-             if version > oldest and name not in got]
-    schema = SCHEMAS[table]
+             if version > oldest and name not in got and name in schema.names]
     for name in added:
         field = schema.field(name)
         data = data.append_column(field, pa.nulls(data.num_rows, field.type))
     return data, {f.name: f.type for f in data.schema}
 
 
-def decode(table: str, payload: bytes, path: str, commit: str) -> pa.Table:
-    """Parse and validate a shard.
+def decode(table: str, payload: bytes | memoryview, path: str, commit: str, *,
+           skip: tuple[str, ...] = ()) -> pa.Table:
+    """Parse and validate a shard; the columns named in ``skip`` are not even decoded.
 
     Raises:
         ShardError: the bytes are not parquet, the schema differs from ``table``'s, or a
             row carries another ``schema_version``. The error names ``path`` and ``commit``.
     """
     schema = SCHEMAS[table]
+    if skip:
+        schema = pa.schema([f for f in schema if f.name not in skip], metadata=schema.metadata)
     try:
-        data = pq.ParquetFile(io.BytesIO(payload)).read()
+        source = pq.ParquetFile(pa.BufferReader(payload))
+        columns = [n for n in source.schema_arrow.names if n not in skip] if skip else None
+        # Threads pay off for a big (compacted) shard; for a small one they cost more
+        # than its whole decode.
+        data = source.read(columns=columns, use_threads=len(payload) > _THREADED_BYTES)
     except Exception as exc:  # pyarrow raises several types for corrupt input
         raise ShardError(path, commit, f"not readable as parquet ({exc})") from None
+    if data.schema.equals(schema):
+        # The usual case, checked in one comparison: this version's columns and types.
+        _check_versions(data.column("schema_version"), path, commit)
+    else:
+        data = _conform(table, data, schema, path, commit)
+    if data.column("event_id").null_count:
+        raise ShardError(path, commit, "rows without event_id")
+    return data.replace_schema_metadata(schema.metadata)
+
+
+def _check_versions(column: pa.ChunkedArray, path: str, commit: str) -> None:
+    """Every row of a version this autolab reads (a newer one: ask for an upgrade)."""
+    _check_not_newer(column, path, commit)
+    bounds = pc.min_max(column).as_py()
+    if column.null_count or (len(column) and (
+            bounds["min"] < 1 or bounds["max"] > SCHEMA_VERSION)):
+        versions = sorted(set(column.to_pylist()), key=str)
+        raise ShardError(path, commit,
+                         f"schema_version {versions} but this autolab reads {SCHEMA_VERSION}")
+
+
+def _conform(table: str, data: pa.Table, schema: pa.Schema, path: str, commit: str
+             ) -> pa.Table:
+    """``data`` as ``schema``: an older version's shard gains its missing columns as nulls;
+    anything else that differs is an error naming what."""
     if "schema_version" in data.column_names:
-        _check_not_newer(data.column("schema_version").to_pylist(), path, commit)
+        _check_not_newer(data.column("schema_version"), path, commit)
     got = {f.name: f.type for f in data.schema}
     want = {f.name: f.type for f in schema}
-    if got != want and "schema_version" in got:
-        data, got = _upgrade(table, data, got)
+    if got != want and pa.types.is_integer(got.get("schema_version", pa.null())):
+        data, got = _upgrade(table, data, got, schema)
     if got != want:
         missing = sorted(set(want) - set(got))
         extra = sorted(set(got) - set(want))
@@ -136,14 +173,7 @@ def decode(table: str, payload: bytes, path: str, commit: str) -> pa.Table:
             f"schema mismatch for table {table} (missing {missing}, unexpected {extra}, "
             f"wrong type {changed})",
         )
-    versions = set(data.column("schema_version").to_pylist())
-    if versions - set(range(1, SCHEMA_VERSION + 1)):
-        raise ShardError(
-            path, commit,
-            f"schema_version {sorted(versions)} but this autolab reads {SCHEMA_VERSION}",
-        )
-    if data.column("event_id").null_count:
-        raise ShardError(path, commit, "rows without event_id")
+    _check_versions(data.column("schema_version"), path, commit)
     return data.select(schema.names).cast(schema)
 
 

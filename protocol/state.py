@@ -75,6 +75,8 @@ class LabState:
         scores: every score row, with ``late`` as the fold decided it.
         promotions: ``promoted`` events in order.
         anomalies: rows the fold ignored, one line each (reported by ``doctor``).
+        charges: queue rows that carry a cost (an attempt that ended without a score on
+            paid compute), as ``{"seq", "experiment_id", "cost_usd"}``, in order.
     """
 
     main: str
@@ -84,6 +86,7 @@ class LabState:
     promotions: list[dict[str, Any]] = field(default_factory=list)
     ideas: list[dict[str, Any]] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
+    charges: list[dict[str, Any]] = field(default_factory=list)
     _shared: set[str] = field(default_factory=set, repr=False)
 
     def fork(self, main: str) -> LabState:
@@ -91,6 +94,7 @@ class LabState:
         return LabState(main=main, max_seq=self.max_seq, experiments=dict(self.experiments),
                         scores=list(self.scores), promotions=list(self.promotions),
                         ideas=list(self.ideas), anomalies=list(self.anomalies),
+                        charges=list(self.charges),
                         _shared=set(self.experiments))
 
     def own(self, experiment_id: str) -> Experiment:
@@ -161,6 +165,9 @@ def fold_ordered(main: str, max_seq: int, stream: Iterable[tuple[int, dict]],
 
 def _fold_event(state: LabState, row: dict) -> None:
     event, eid = row["event"], row["experiment_id"]
+    if row.get("cost_usd") is not None:
+        state.charges.append({"seq": row["seq"], "experiment_id": eid,
+                              "cost_usd": row["cost_usd"]})
     exps = state.experiments
     if event == "proposed":
         if eid in exps:
@@ -249,7 +256,7 @@ def _num(value: float | None, default: float) -> float:
 _TS = pa.timestamp("us", tz="UTC")
 EXPERIMENT_STATE = pa.schema([
     ("experiment_id", pa.string()), ("state", pa.string()), ("attempt", pa.int32()),
-    ("patch", pa.string()), ("patch_hash", pa.string()), ("hypothesis", pa.string()),
+    ("patch_hash", pa.string()), ("hypothesis", pa.string()),
     ("priority", pa.float64()), ("parent_commit", pa.string()), ("proposed_by", pa.string()),
     ("proposed_at", _TS), ("agent", pa.string()), ("lease_until", _TS), ("claimed_at", _TS),
     ("backend", pa.string()), ("job_id", pa.string()), ("reason", pa.string()),
@@ -262,6 +269,8 @@ PROMOTIONS = pa.schema([
     ("source_commit", pa.string()), ("agent", pa.string()), ("at", _TS), ("seq", pa.int64()),
 ])
 ANOMALIES = pa.schema([("anomaly", pa.string())])
+CHARGES = pa.schema([("seq", pa.int64()), ("experiment_id", pa.string()),
+                     ("cost_usd", pa.float64())])
 
 
 @dataclass
@@ -270,9 +279,11 @@ class StateTables:
 
     Attributes:
         experiments: one row per experiment, in the order of ``LabState.experiments``
-            (schema ``EXPERIMENT_STATE``).
+            (schema ``EXPERIMENT_STATE``). Patches are not part of it: they are most of
+            a lab's bytes and no summary reads them (``LabView.patches`` gives them), so
+            an :class:`Experiment` made from this table has ``patch`` empty.
         scores: ``LabState.scores`` (the ``scores`` schema, ``late`` as the fold decided).
-        promotions, ideas, anomalies: the state's lists, in order.
+        promotions, ideas, anomalies, charges: the state's lists, in order.
     """
 
     main: str
@@ -282,6 +293,7 @@ class StateTables:
     promotions: pa.Table
     ideas: pa.Table
     anomalies: pa.Table
+    charges: pa.Table
     _index: dict[str, int] | None = field(default=None, repr=False)
 
     def index(self) -> dict[str, int]:
@@ -318,7 +330,7 @@ class StateTables:
 def _experiment_from_row(row: dict[str, Any], result: dict[str, Any] | None) -> Experiment:
     return Experiment(
         id=row["experiment_id"], state=row["state"], attempt=row["attempt"],
-        patch=row["patch"], patch_hash=row["patch_hash"], hypothesis=row["hypothesis"],
+        patch_hash=row["patch_hash"], hypothesis=row["hypothesis"],
         priority=row["priority"], parent_commit=row["parent_commit"],
         proposed_by=row["proposed_by"], proposed_at=row["proposed_at"], agent=row["agent"],
         lease_until=row["lease_until"], claimed_at=row["claimed_at"], backend=row["backend"],
@@ -332,7 +344,7 @@ def _experiments_table(exps: list[Experiment]) -> pa.Table:
     results = [e.result for e in exps]
     columns = {
         "experiment_id": [e.id for e in exps], "state": [e.state for e in exps],
-        "attempt": [e.attempt for e in exps], "patch": [e.patch for e in exps],
+        "attempt": [e.attempt for e in exps],
         "patch_hash": [e.patch_hash for e in exps],
         "hypothesis": [e.hypothesis for e in exps], "priority": [e.priority for e in exps],
         "parent_commit": [e.parent_commit for e in exps],
@@ -379,6 +391,7 @@ def state_tables(state: LabState, raw_scores: pa.Table | None = None) -> StateTa
         promotions=_rows_table(state.promotions, PROMOTIONS),
         ideas=_rows_table(state.ideas, IDEAS),
         anomalies=pa.table({"anomaly": pa.array(state.anomalies, pa.string())}),
+        charges=_rows_table(state.charges, CHARGES),
     )
 
 
@@ -419,6 +432,7 @@ def continue_tables(tables: StateTables, main: str, max_seq: int, queue: list[di
         ideas=_concat(tables.ideas, _rows_table(out.ideas, IDEAS)),
         anomalies=_concat(tables.anomalies, pa.table(
             {"anomaly": pa.array(out.anomalies, pa.string())})),
+        charges=_concat(tables.charges, _rows_table(out.charges, CHARGES)),
     )
 
 

@@ -69,6 +69,10 @@ class LabStore(ABC):
     def read_blob(self, blob_id: str) -> bytes:
         """Bytes of one blob."""
 
+    def read_blob_buffer(self, blob_id: str) -> bytes | memoryview:
+        """One blob's bytes, without a copy where the store can (read-only)."""
+        return self.read_blob(blob_id)
+
     @abstractmethod
     def read_file(self, commit: str, path: str) -> bytes | None:
         """Bytes of ``path`` at ``commit``, or None if absent."""

@@ -209,7 +209,7 @@ def knobs_table(view: LabView) -> pa.Table:
     ids = exps.column("experiment_id")
     todo = exps if known is None else exps.filter(
         pc.invert(pc.is_in(ids, value_set=known.column("experiment_id"))))
-    values = knob_rows(config, view.store, todo.column("patch").to_pylist(),
+    values = knob_rows(config, view.store, view.patches(todo.column("experiment_id").to_pylist()),
                        todo.column("parent_commit").to_pylist())
     fresh = pa.table([todo.column("experiment_id"), *values.values()], schema=schema)
     every = fresh if known is None else pa.concat_tables([known, fresh])

@@ -2,8 +2,8 @@
 
 Costs are recorded where they happen: a score's ``cost_usd`` (a job's running seconds
 at its flavor's price, from ``list_jobs_hardware()``), and the ``cost_usd`` of a queue
-row that ended an attempt without a score (a job that errored or was cancelled). Runs
-without a cost (local ones) count as zero.
+row that ended an attempt without a score (a job that errored or was cancelled; the
+fold keeps these as ``charges``). Runs without a cost (local ones) count as zero.
 
 Shape::
 
@@ -32,13 +32,13 @@ def spend(view: LabView) -> dict[str, Any]:
     """Summarize the cost of ``view``'s runs (see the module docstring for the shape)."""
     import pyarrow.compute as pc
 
+    folded = view.folded()
     events: list[tuple[float, int, str, float, str | None]] = []  # order, kind, exp, cost
-    for kind, name in enumerate(("scores", "queue")):
-        table = view.table(name)
-        if not table.num_rows:
-            continue
+    for kind, table in enumerate((folded.scores, folded.charges)):
         priced = table.filter(pc.is_valid(table.column("cost_usd")))
-        flavors = (priced.column("flavor").to_pylist() if name == "scores"
+        if not priced.num_rows:
+            continue
+        flavors = (priced.column("flavor").to_pylist() if kind == 0
                    else [None] * priced.num_rows)
         for seq, eid, cost, flavor in zip(priced.column("seq").to_pylist(),
                                           priced.column("experiment_id").to_pylist(),
@@ -57,11 +57,9 @@ def spend(view: LabView) -> dict[str, Any]:
             entry["flavors"].add(flavor)
     total = sum(e[3] for e in events)
 
-    queue = view.table("queue")
     promoted: list[dict[str, Any]] = []
-    if queue.num_rows and events:
-        rows = queue.filter(pc.equal(queue.column("event"), "promoted"))
-        promoted = rows.select(["seq", "experiment_id", "metric"]).to_pylist()
+    if events:
+        promoted = folded.promotions.select(["seq", "experiment_id", "metric"]).to_pylist()
         # One main commit numbers its queue rows before its score rows, so a promotion
         # can carry a lower seq than its own score: it happened after both.
         last: dict[str, float] = {}
