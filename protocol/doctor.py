@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from autolab.protocol.config import CONFIG_FILE, parse_config
 from autolab.protocol.errors import AutoLabError, ShardError
-from autolab.protocol.reader import list_main_shards, read_rows, read_view
+from autolab.protocol.reader import list_main_shards, read_view
+from autolab.protocol.shard_cache import read_rows
 from autolab.protocol.shards import STATE_DIR, parse_shard_path
 from autolab.protocol.store import FileChange, LabStore, Snapshot
 
@@ -215,7 +216,7 @@ def repair(store: LabStore, *, attempts: int = 8) -> Repair:
 
 
 def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
-    from autolab.protocol.reader import read_table
+    from autolab.protocol.shard_cache import read_table
     from autolab.protocol.shards import encode
 
     plan = _Plan()

@@ -33,8 +33,9 @@ from typing import Any
 import pyarrow as pa
 
 from autolab.protocol.errors import Conflict, TransportError
-from autolab.protocol.reader import LabView, read_table, read_view
+from autolab.protocol.reader import LabView, read_view
 from autolab.protocol.schemas import TABLES
+from autolab.protocol.shard_cache import read_table
 from autolab.protocol.shards import encode, encode_record, new_shard_name, with_seq
 from autolab.protocol.store import RECORD_PREFIX, FileChange, LabStore
 

@@ -33,6 +33,13 @@ _NAME = re.compile(
 )
 _AGENT_CHARS = re.compile(r"[^A-Za-z0-9_.]+")
 _THREADED_BYTES = 1 << 20
+# A transaction's shard (a few rows) is written plain: git compresses every object
+# anyway, and a plain shard decodes in about 40 % of the time of a zstd one with
+# dictionaries and statistics (each column chunk sets up its own decoder). Bigger shards
+# (compaction's) are written packed: they are read whole and rarely, and stay small.
+_PLAIN_ROWS = 1024
+_PLAIN = {"compression": "none", "use_dictionary": False, "write_statistics": False}
+_PACKED = {"compression": "zstd"}
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ def encode(table: str, rows: list[dict[str, Any]] | pa.Table) -> bytes:
         filled = [{**row, "schema_version": SCHEMA_VERSION} for row in rows]
         data = pa.Table.from_pylist(filled, schema=schema)
     sink = io.BytesIO()
-    pq.write_table(data, sink, compression="zstd")
+    pq.write_table(data, sink, **(_PLAIN if data.num_rows <= _PLAIN_ROWS else _PACKED))
     return sink.getvalue()
 
 
@@ -145,6 +152,10 @@ def decode(table: str, payload: bytes | memoryview, path: str, commit: str, *,
 
 def _check_versions(column: pa.ChunkedArray, path: str, commit: str) -> None:
     """Every row of a version this autolab reads (a newer one: ask for an upgrade)."""
+    if len(column) <= 64:  # a transaction's shard: quicker in Python than two kernels
+        values = column.to_pylist()
+        if all(v is not None and 1 <= v <= SCHEMA_VERSION for v in values):
+            return
     _check_not_newer(column, path, commit)
     bounds = pc.min_max(column).as_py()
     if column.null_count or (len(column) and (

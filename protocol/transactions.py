@@ -484,7 +484,7 @@ def compact(lab: Lab, *, min_shards: int = 2) -> Compaction:
 def _main_rows(view: LabView, table: str) -> Any:
     import pyarrow as pa
 
-    from autolab.protocol.reader import read_table
+    from autolab.protocol.shard_cache import read_table
 
     parts = [read_table(view.store, table, blob, path, view.main)
              for path, blob in view.main_shards[table].items()]

@@ -226,7 +226,7 @@ _SAVE_AFTER = 1000  # new experiments worth rewriting the cached values for
 
 
 def _cache_file(view: LabView, schema: pa.Schema) -> Path | None:
-    from autolab.protocol.reader import state_cache_dir
+    from autolab.protocol.fold_cache import state_cache_dir
 
     where = state_cache_dir(view.store)
     if where is None:

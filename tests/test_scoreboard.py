@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from autolab.agents.knobs import unified_diff
-from autolab.protocol import reader
+from autolab.protocol import fold_cache, main_fold
 from autolab.protocol import transactions as tx
 from autolab.protocol.lab import Lab, now
 from autolab.protocol.state import state_tables
@@ -111,7 +111,7 @@ def test_knob_values_are_cached_and_only_new_experiments_read(busy, monkeypatch)
     _, lab = busy
     monkeypatch.setattr(knobs, "_SAVE_AFTER", 0)
     first = knobs.knobs_table(lab.read())
-    assert list(reader.state_cache_dir(lab.store).glob("knobs-*.arrow"))
+    assert list(fold_cache.state_cache_dir(lab.store).glob("knobs-*.arrow"))
     propose_x(lab, 3.7)
     read = []
     real = knobs.knob_rows
@@ -220,10 +220,10 @@ def test_status_gap_to_the_floor(remote, tmp_path):
 def _fresh_tables(url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     """``state_tables`` of a fold of everything, with no cached fold to start from."""
     monkeypatch.setenv("AUTOLAB_STATE_CACHE_ROWS", "-1")
-    reader._folds.clear()
+    main_fold._folds.clear()
     view = Lab.open(url, "fresh").read()
     tables = state_tables(view.state)
-    reader._folds.clear()
+    main_fold._folds.clear()
     monkeypatch.setenv("AUTOLAB_STATE_CACHE_ROWS", "0")
     return view, tables
 
@@ -237,9 +237,9 @@ def _assert_same(got: Any, want: Any) -> None:
 def test_folds_from_disk_and_across_compaction_equal_a_fresh_fold(busy, monkeypatch):
     remote, lab = busy
     monkeypatch.setenv("AUTOLAB_STATE_CACHE_ROWS", "0")  # cache even this small lab
-    reader._folds.clear()
+    main_fold._folds.clear()
     Lab.open(remote.url, "first").read().folded()  # folds everything, saves it
-    assert list(reader._disk_dir(lab.store).glob("*-*/meta.pickle"))
+    assert list(fold_cache.state_cache_dir(lab.store).glob("*-*/meta.pickle"))
 
     def no_full_fold(*args: Any) -> None:
         raise AssertionError("folded everything again instead of continuing")
@@ -254,10 +254,10 @@ def test_folds_from_disk_and_across_compaction_equal_a_fresh_fold(busy, monkeypa
             tx.claim(lab, experiment_id="0008")
         _, want = _fresh_tables(remote.url, monkeypatch)
         with monkeypatch.context() as patched:
-            patched.setattr(reader, "_fold_everything", no_full_fold)
+            patched.setattr(main_fold, "_fold_everything", no_full_fold)
             view = Lab.open(remote.url, "reader").read()  # a new process: only the disk
             _assert_same(view.folded(), want)
-        reader._folds.clear()
+        main_fold._folds.clear()
     # The CLI reads the same through the cache.
     env = {"AUTOLAB_STATE_CACHE_ROWS": "0"}
     cli = json.loads(run_cli("sql", "--lab", remote.url, "--json", "SELECT experiment_id, "

@@ -167,7 +167,7 @@ class Builder:
     def commit(self, agent: str, message: str, rows: dict[str, list[dict[str, Any]]],
                files: FileChange | None = None, merge_parent: str | None = None) -> None:
         """One main commit, built by ``Lab.build_main_commit`` on the current main."""
-        view = SimpleNamespace(main=self.main, state=SimpleNamespace(max_seq=self.max_seq),
+        view = SimpleNamespace(main=self.main, max_seq=self.max_seq,
                                pending=[])
         change = MainChange(message=message, rows=rows, files=files or FileChange(),
                             merge_parent=merge_parent, fold_records=False)
