@@ -35,10 +35,11 @@ _ENDS = {_RELEASED: "released", _EXPIRED: "expired", _FAILED_EV: "failed"}
 
 def sorted_main(name: str, parts: list[pa.Table]) -> pa.Table:
     """Shards of table ``name`` concatenated in order of ``(seq, event_id)``; no copy when
-    they already are (the usual case: each shard is in seq order, and names sort by seq)."""
+    they already are (the usual case: each shard is in seq order, and names sort by seq)
+    and are few (many are combined into one chunk: see :func:`few_chunks`)."""
     if not parts:
         return SCHEMAS[name].empty_table()
-    data = pa.concat_tables(parts)
+    data = few_chunks(pa.concat_tables(parts))
     seq = data.column("seq")
     if not seq.null_count and (data.num_rows < 2 or pc.all(pc.greater(
             seq.slice(1), seq.slice(0, data.num_rows - 1))).as_py()):

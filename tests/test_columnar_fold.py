@@ -130,6 +130,26 @@ def test_columnar_fold_equals_row_fold_on_a_real_lab(daemon_remote):
     assert set(got.experiments.column("state").to_pylist()) >= {"done", "claimed", "cancelled"}
 
 
+def test_lean_fold_then_patches_and_state_in_a_new_process(daemon_remote):
+    """A scoreboard read folds lean (no patches decoded); patches and the row state are
+    still there when asked for, in the same process, and agree with each other."""
+    from autolab.protocol import main_fold, shard_cache
+
+    _busy_lab(daemon_remote.url)
+    main_fold._folds.clear()
+    shard_cache._tables.clear()
+    view = Lab.open(daemon_remote.url, "reader").read()
+    folded = view.folded()
+    assert "patch" not in folded.experiments.column_names
+    assert all(t.endswith(" lean") for t in shard_cache._tables)  # nothing decoded whole
+    ids = folded.experiments.column("experiment_id").to_pylist()
+    patches = view.patches([*ids, "no-such-experiment"])
+    assert patches[-1] == ""
+    state = view.state
+    assert patches[:-1] == [state.experiments[i].patch for i in ids]
+    assert all(p.startswith("--- a/") or "diff" in p for p in patches[:-1]), patches[0][:80]
+
+
 def test_columnar_fold_refuses_rows_without_seq():
     queue, scores, ideas = _random_rows(random.Random(1), 20)
     queue[0]["seq"] = None

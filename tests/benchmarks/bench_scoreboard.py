@@ -22,8 +22,9 @@ promoted experiments' branches exist (the read path never opens the others).
 Then, for each lab, it times each command as a CLI subprocess (wall time, peak RSS of
 the process) and in-process (``Lab.open(url).read()`` plus the command, in a fresh
 process, and again in the same process), ``--repeat`` times, and prints medians as a
-markdown table. "cold" is the first command after ``main`` moved (no folded state
-cached on disk for it), "warm" any later one.
+markdown table. "new host" runs with an empty cache (cloning the lab is part of it),
+"cold" with the cache clone but no fold cached on disk (as after an upgrade of
+autolab), "warm" any later command, "after main moved" the first after a new commit.
 
 Usage::
 
@@ -519,8 +520,9 @@ class Mover:
 
 def time_lab(url: str, moving: str, cache: Path, repeat: int, env: dict[str, str],
              commands: list[tuple[str, list[str], str]]) -> list[dict[str, Any]]:
-    """Time each command as a CLI process: cold (nothing cached on disk), warm (the fold of
-    this main cached) and just after main moved (a fold of an earlier main cached);
+    """Time each command as a CLI process: on a new host (no cache clone: the clone is
+    part of it), cold (the clone there, no fold cached on disk), warm (the fold of this
+    main cached) and just after main moved (a fold of an earlier main cached);
     in-process, first and repeated; peak RSS of the cold and warm processes."""
     env = {**env, "AUTOLAB_CACHE": str(cache)}
     py = sys.executable
@@ -528,8 +530,9 @@ def time_lab(url: str, moving: str, cache: Path, repeat: int, env: dict[str, str
     out = []
     for label, cli_args, inproc in commands:
         row: dict[str, Any] = {"command": label}
-        runs: dict[str, list[float]] = {k: [] for k in ("cold", "warm", "moved", "first",
-                                                         "again", "rss_cold", "rss_warm")}
+        runs: dict[str, list[float]] = {k: [] for k in ("new_host", "cold", "warm", "moved",
+                                                         "first", "again", "rss_cold",
+                                                         "rss_warm")}
 
         def cli(lab: str, args: list[str] = cli_args) -> tuple[float, float]:
             wall, peak, _ = _run_measured([py, "-m", "autolab.agents.cli", *args,
@@ -537,6 +540,13 @@ def time_lab(url: str, moving: str, cache: Path, repeat: int, env: dict[str, str
             return wall, peak
 
         try:
+            fresh = Path(f"{cache}-new-host")
+            for _ in range(min(repeat, 2)):  # the clone is most of it, and the same each time
+                shutil.rmtree(fresh, ignore_errors=True)
+                runs["new_host"].append(_run_measured(
+                    [py, "-m", "autolab.agents.cli", *cli_args, "--lab", url],
+                    {**env, "AUTOLAB_CACHE": str(fresh)})[0])
+            shutil.rmtree(fresh, ignore_errors=True)
             for _ in range(repeat):
                 _clear_state_cache(cache)
                 wall, peak = cli(url)
@@ -634,9 +644,10 @@ def main() -> None:
         ("sql (knobs)", ["sql", "--json", SQL_KNOBS], SQL_KNOBS),
         ("lineage", ["lineage", "--json"], "lineage"),
     ]
-    print("\n| lab | command | CLI cold (s) | CLI warm (s) | CLI after main moved (s) "
-          "| in-process first (s) | in-process again (s) | peak RSS cold / warm (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| lab | command | CLI new host (s) | CLI cold (s) | CLI warm (s) "
+          "| CLI after main moved (s) | in-process first (s) | in-process again (s) "
+          "| peak RSS cold / warm (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, path in (("compacted", big), ("uncompacted", small)):
         if name not in meta:
             continue
@@ -654,7 +665,8 @@ def main() -> None:
         finally:
             shutil.rmtree(moving, ignore_errors=True)
         for row in rows:
-            cells = [_fmt(row[k]) for k in ("cold", "warm", "moved", "first", "again")]
+            cells = [_fmt(row[k]) for k in ("new_host", "cold", "warm", "moved", "first",
+                                             "again")]
             cells.append(f"{_fmt(row['rss_cold'])} / {_fmt(row['rss_warm'])}")
             note = f" ({row['error']})" if "error" in row else ""
             print(f"| {label} | {row['command']}{note} | " + " | ".join(cells) + " |",
