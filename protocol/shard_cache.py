@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from autolab.protocol.schemas import SCHEMAS
-from autolab.protocol.shards import decode, decode_record
+from autolab.protocol.shards import decode, decode_columns, decode_record
 from autolab.protocol.store import LabStore
 
 CACHE_SIZE = 8192
@@ -63,16 +63,26 @@ def read_table(store: LabStore, table: str, blob: str, path: str, commit: str, *
     hit = _tables.get(blob)
     if hit is not None:
         return lean_table(hit) if lean else hit
-    if lean:
+    skips = tuple(name for name in LEAN_SKIPS if name in SCHEMAS[table].names)
+    parquet = not path.endswith(".json")
+    if lean and skips and parquet:
         key = f"{blob} lean"
         hit = _tables.get(key)
-        if hit is None and not path.endswith(".json"):
+        if hit is None:
             hit = _remember(_tables, key, decode(table, store.read_blob_buffer(blob), path,
-                                                 commit, skip=LEAN_SKIPS))
-        if hit is not None:
-            return hit
+                                                 commit, skip=skips))
+        return hit
+    if lean:
         return lean_table(read_table(store, table, blob, path, commit))
-    if not path.endswith(".json"):
+    if parquet:
+        part = _tables.get(f"{blob} lean") if skips else None
+        if part is not None:
+            # Read lean before: decode only what that left out (patches), not it all again.
+            rest = decode_columns(table, store.read_blob_buffer(blob), skips, path, commit)
+            schema = SCHEMAS[table]
+            whole = pa.table([(rest if f.name in skips else part).column(f.name)
+                              for f in schema], schema=schema)
+            return _remember(_tables, blob, whole)
         return _remember(_tables, blob, decode(table, store.read_blob_buffer(blob), path,
                                                commit))
     rows = read_rows(store, table, blob, path, commit)

@@ -130,14 +130,21 @@ def decode(table: str, payload: bytes | memoryview, path: str, commit: str, *,
             row carries another ``schema_version``. The error names ``path`` and ``commit``.
     """
     schema = SCHEMAS[table]
+    skip = tuple(name for name in skip if name in schema.names)
     if skip:
         schema = pa.schema([f for f in schema if f.name not in skip], metadata=schema.metadata)
     try:
         source = pq.ParquetFile(pa.BufferReader(payload))
-        columns = [n for n in source.schema_arrow.names if n not in skip] if skip else None
+        columns = None
+        if skip:
+            # Left undecoded, but still checked: a lean read accepts what a full one does.
+            _check_declared(table, source.schema_arrow, skip, path, commit)
+            columns = [n for n in source.schema_arrow.names if n not in skip]
         # Threads pay off for a big (compacted) shard; for a small one they cost more
         # than its whole decode.
         data = source.read(columns=columns, use_threads=len(payload) > _THREADED_BYTES)
+    except ShardError:
+        raise
     except Exception as exc:  # pyarrow raises several types for corrupt input
         raise ShardError(path, commit, f"not readable as parquet ({exc})") from None
     if data.schema.equals(schema):
@@ -148,6 +155,45 @@ def decode(table: str, payload: bytes | memoryview, path: str, commit: str, *,
     if data.column("event_id").null_count:
         raise ShardError(path, commit, "rows without event_id")
     return data.replace_schema_metadata(schema.metadata)
+
+
+def decode_columns(table: str, payload: bytes | memoryview, names: tuple[str, ...], path: str,
+                   commit: str) -> pa.Table:
+    """Only the columns ``names`` of a shard (what a lean :func:`decode` left out), typed as
+    in the table's schema; a column an older version lacks is nulls.
+
+    Raises:
+        ShardError: as :func:`decode`.
+    """
+    schema = SCHEMAS[table]
+    try:
+        source = pq.ParquetFile(pa.BufferReader(payload))
+        _check_declared(table, source.schema_arrow, names, path, commit)
+        present = [n for n in names if n in source.schema_arrow.names]
+        data = source.read(columns=present, use_threads=len(payload) > _THREADED_BYTES)
+    except ShardError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for corrupt input
+        raise ShardError(path, commit, f"not readable as parquet ({exc})") from None
+    columns = [data.column(n) if n in present else pa.nulls(data.num_rows, schema.field(n).type)
+               for n in names]
+    return pa.table(columns, schema=pa.schema([schema.field(n) for n in names]))
+
+
+def _check_declared(table: str, declared: pa.Schema, names: tuple[str, ...], path: str,
+                    commit: str) -> None:
+    """The columns ``names`` as a shard's footer declares them: of the table's type, or
+    absent where an older version had no such column."""
+    schema = SCHEMAS[table]
+    for name in names:
+        index = declared.get_field_index(name)
+        if index < 0:
+            if name not in ADDED_IN.get(table, {}):
+                raise ShardError(path, commit, f"schema mismatch for table {table} "
+                                 f"(missing [{name!r}])")
+        elif declared.field(index).type != schema.field(name).type:
+            raise ShardError(path, commit, f"schema mismatch for table {table} "
+                             f"(wrong type [{name!r}])")
 
 
 def _check_versions(column: pa.ChunkedArray, path: str, commit: str) -> None:

@@ -43,7 +43,19 @@ BAD = {
     "truncated": (None, "not readable as parquet"),
     "wrong schema": (_parquet(pa.table({"seq": [1], "event_id": ["x"], "foo": [1]})),
                      "schema mismatch"),
+    # Only the patch column is wrong: scoreboard reads leave patches undecoded, and must
+    # refuse it all the same.
+    "patch of another type": (lambda good: _parquet(_with_int_patch(good)),
+                              "wrong type ['patch']"),
 }
+
+
+def _with_int_patch(shard: bytes) -> pa.Table:
+    table = pq.read_table(io.BytesIO(shard))
+    index = table.schema.get_field_index("patch")
+    table = table.set_column(index, "patch", pa.array([7] * table.num_rows, pa.int64()))
+    return table.set_column(table.schema.get_field_index("event_id"), "event_id",
+                            pa.array(["other-event"] * table.num_rows))
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
@@ -51,9 +63,12 @@ def test_bad_shard_fails_reads_and_doctor_names_file_and_commit(remote, tmp_path
     lab = Lab.open(remote.url, "agent")
     propose_x(lab, 1.0)
     data, reason = BAD[case]
+    good = lab.store.list_dir(lab.read().main, ".autolab/queue")
+    good_bytes = lab.store.read_blob(next(iter(good.values())))
     if data is None:  # a real shard cut in half
-        good = lab.store.list_dir(lab.read().main, ".autolab/queue")
-        data = lab.store.read_blob(next(iter(good.values())))[:200]
+        data = good_bytes[:200]
+    elif callable(data):
+        data = data(good_bytes)
     rel = ".autolab/queue/000000000099-intruder-00000000000000aa.parquet"
     commit = _push_file(remote, tmp_path, rel, data)
     with pytest.raises(ShardError) as info:
@@ -66,6 +81,7 @@ def test_bad_shard_fails_reads_and_doctor_names_file_and_commit(remote, tmp_path
     assert "PROBLEMS FOUND" in proc.stdout
     proc = run_cli("status", "--lab", remote.url)
     assert proc.returncode == 1 and rel in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert reason in proc.stderr  # a new process reads lean: the same refusal
 
     # --fix moves the shard, bytes unchanged, to the quarantine, in one recorded commit.
     proc = run_cli("doctor", "--lab", remote.url, "--fix")
