@@ -35,12 +35,13 @@ import pygit2
 from filelock import FileLock, Timeout
 
 from autolab.protocol.errors import Conflict, LabError, TransportError
-from autolab.protocol.push_spool import PushSpool, write_atomic
+from autolab.protocol.push_spool import INVALID, PushSpool, write_atomic
 from autolab.protocol.redact import redact
 from autolab.protocol.store import MAIN, RECORD_PREFIX, FileChange, LabStore, Snapshot
 
 _TRACK = "refs/remotes/origin/"
 _GIT_TIMEOUT = float(os.environ.get("AUTOLAB_GIT_TIMEOUT", "120"))
+_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object ids
 # Rejections that mean "another writer won", as opposed to a broken transport.
 _LOST_RACE = ("stale info", "fetch first", "non-fast-forward", "already exists")
 # What git says when the *local* cache clone is broken (not the remote or the network).
@@ -119,7 +120,8 @@ class GitStore(LabStore):
         self._lock = FileLock(str(self.path) + ".lock", poll_interval=0.005)
         self._stamp = Path(str(self.path) + ".fetched")
         self._seen_main = Path(str(self.path) + ".main")
-        self._spool = PushSpool(Path(str(self.path) + ".spool"), self._push, _GIT_TIMEOUT)
+        self._spool = PushSpool(Path(str(self.path) + ".spool"), self._push, _GIT_TIMEOUT,
+                                check=self._pushable)
         self._fold_lock = FileLock(str(self.path) + ".fold.lock")
         self._repo: pygit2.Repository | None = None
         # Over git://, protocol v2's extra request/response turn stalls on TCP delayed
@@ -461,6 +463,27 @@ class GitStore(LabStore):
             )
         return result
 
+    def _pushable(self, ref: str, commit: str, expected: str | None) -> str | None:
+        """Why git would refuse a push of ``commit`` to ``ref`` outright (None: it may
+        go), checked locally so one bad update in a spool batch does not sink the rest."""
+        if not ref.startswith("refs/") or not pygit2.reference_is_valid_name(ref):
+            return f"invalid ref name {ref!r}"
+        for name, value in (("commit", commit), ("expected", expected)):
+            if value is not None and not _OID.fullmatch(value):
+                return f"{name} {value[:50]!r} is not an object id"
+        if not self._has_object(commit):
+            return f"commit {commit[:12]} is not in the local cache (rebuilt meanwhile?)"
+        return None
+
+    def _has_object(self, oid: str) -> bool:
+        try:
+            if oid in self.repo:
+                return True
+        except (ValueError, pygit2.GitError):
+            pass
+        # Another process may have just written it into a pack this handle has not seen.
+        return self._git("cat-file", "-e", oid, check=False).returncode == 0
+
     def _push_one(self, ref: str, commit: str, expected: str | None) -> None:
         lease = f"--force-with-lease={ref}:{expected or ''}"
         flag, summary = self._push(lease, f"{commit}:{ref}").get(ref, ("!", "no status"))
@@ -519,7 +542,10 @@ class GitStore(LabStore):
 
 
 def _raise_for(flag: str, summary: str, ref: str, url: str) -> None:
-    """Turn a porcelain push status into Conflict (lost race) or TransportError."""
+    """Turn a porcelain push status into Conflict (lost race), TransportError (worth
+    retrying) or, for an update the spool refused to push, LabError (it never will be)."""
+    if flag == INVALID:
+        raise LabError(f"cannot push {ref}: {summary}")
     if flag != "!":
         return
     if "remote rejected" not in summary and any(word in summary for word in _LOST_RACE):

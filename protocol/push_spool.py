@@ -8,7 +8,10 @@ outcome per ref is exactly what a lone push would give; N agents cost one round 
 A leader that dies mid-push leaves its requests for the next one; pushing them again
 is harmless (each commit is unique to its writer, so "up to date" means that writer
 won). Requests older than twice the git timeout belong to agents that gave up or
-died, and are dropped rather than pushed late in their name.
+died, and are dropped rather than pushed late in their name. A request that cannot be
+pushed at all (not a request, a bad ref name, a commit missing from the cache) would
+make git refuse the whole push: it is answered with its own error and left out, so it
+fails alone.
 """
 
 from __future__ import annotations
@@ -25,15 +28,21 @@ from autolab.protocol.errors import TransportError
 
 # push(*refspecs_and_leases) -> {ref: (porcelain flag, summary)}
 PushFn = Callable[..., dict[str, tuple[str, str]]]
+# check(ref, commit, expected) -> why the update cannot be pushed, or None
+CheckFn = Callable[[str, str, "str | None"], "str | None"]
+# The flag of an update that was never pushed because it cannot be (git's are " +-*=!").
+INVALID = "x"
 
 
 class PushSpool:
     """A directory of pending ref updates and the lock that elects who pushes them."""
 
-    def __init__(self, path: Path, push: PushFn, timeout: float) -> None:
+    def __init__(self, path: Path, push: PushFn, timeout: float,
+                 check: CheckFn | None = None) -> None:
         self.path = path
         self._push = push
         self._timeout = timeout
+        self._check = check
 
     def push(self, ref: str, commit: str, expected: str | None) -> tuple[str, str]:
         """Move ``ref`` from ``expected`` (None: absent) to ``commit``; (flag, summary)."""
@@ -78,9 +87,16 @@ class PushSpool:
                 request.unlink(missing_ok=True)
                 continue
             try:
-                ref, commit, expected = json.loads(request.read_text())
-            except (OSError, ValueError):
-                continue  # being written, or gone
+                text = request.read_text()
+            except OSError:
+                continue  # gone: served meanwhile
+            problem = _malformed(text)
+            if problem is None:
+                ref, commit, expected = json.loads(text)
+                problem = self._check(ref, commit, expected) if self._check else None
+            if problem is not None:
+                _answer(request, INVALID, problem)
+                continue
             batch.setdefault(ref, (request, commit, expected))
         if not batch:
             return
@@ -92,9 +108,24 @@ class PushSpool:
         except TransportError as exc:
             status = {ref: ("!", f"transport: {exc}") for ref in batch}
         for ref, (request, _, _) in batch.items():
-            flag, summary = status.get(ref, ("!", "no status from git push"))
-            write_atomic(request.with_suffix(".res"), json.dumps([flag, summary]))
-            request.unlink(missing_ok=True)
+            _answer(request, *status.get(ref, ("!", "no status from git push")))
+
+
+def _answer(request: Path, flag: str, summary: str) -> None:
+    write_atomic(request.with_suffix(".res"), json.dumps([flag, summary]))
+    request.unlink(missing_ok=True)
+
+
+def _malformed(text: str) -> str | None:
+    """Why ``text`` is not a request ``[ref, commit, expected or null]``, or None."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return "malformed spool request (not JSON)"
+    if not (isinstance(value, list) and len(value) == 3 and isinstance(value[0], str)
+            and isinstance(value[1], str) and (value[2] is None or isinstance(value[2], str))):
+        return "malformed spool request (expected [ref, commit, expected])"
+    return None
 
 
 def write_atomic(path: Path, text: str) -> None:
