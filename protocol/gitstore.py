@@ -486,8 +486,22 @@ class GitStore(LabStore):
 
     def _push_one(self, ref: str, commit: str, expected: str | None) -> None:
         lease = f"--force-with-lease={ref}:{expected or ''}"
-        flag, summary = self._push(lease, f"{commit}:{ref}").get(ref, ("!", "no status"))
+        try:
+            flag, summary = self._push(lease, f"{commit}:{ref}").get(ref, ("!", "no status"))
+        except TransportError:
+            self._check_not_lost(ref, commit)
+            raise
+        if flag == "!":
+            self._check_not_lost(ref, commit)
         _raise_for(flag, summary, ref, self.url)
+
+    def _check_not_lost(self, ref: str, commit: str) -> None:
+        """After a failed push: if ``commit`` is no longer in the cache clone, another
+        agent of this host rebuilt the clone after the commit was built in it (git then
+        reports an unpacker error or a missing object). That is a lost race: raise
+        Conflict, and the caller builds the commit again on a fresh read."""
+        if self._git("cat-file", "-e", commit, check=False).returncode != 0:
+            raise Conflict(ref, f"{ref}: commit {commit[:12]} went with a rebuilt cache clone")
 
     def cas_main(self, new: str, expected: str) -> None:
         self._push_one(MAIN, new, expected)

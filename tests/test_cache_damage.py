@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from autolab.protocol.lab import Lab
+
 from .conftest import knob_patch_text, run_cli
+from .helpers import propose_x
 
 
 def _cache(env_cache: Path) -> Path:
@@ -78,6 +81,33 @@ def test_damaged_cache_is_rebuilt_between_commands(daemon_remote, tmp_path, dama
     fsck = subprocess.run(["git", "fsck", "--no-dangling"], cwd=cache, capture_output=True,
                           text=True)
     assert fsck.returncode == 0, fsck.stderr
+
+
+def test_a_commit_gone_with_a_rebuilt_cache_is_built_again(daemon_remote, monkeypatch):
+    """Another process rebuilds the host's cache clone between this agent building a main
+    commit and pushing it: the push is a lost race (built again on a fresh read), not a
+    transport failure retried until the agent gives up."""
+    lab = Lab.open(daemon_remote.url, "planner")
+    propose_x(lab, 1.0)
+    cache = _cache(Path(os.environ["AUTOLAB_CACHE"]))
+    real, pushed = lab.store.cas_main, []
+
+    def rebuilt_then_push(new: str, expected: str) -> None:
+        if not pushed:
+            shutil.rmtree(cache)
+            run_cli("status", "--lab", daemon_remote.url, check=True)  # rebuilds it
+            assert (cache / "objects").is_dir()
+        pushed.append(new)
+        real(new, expected)
+
+    monkeypatch.setattr(lab.store, "cas_main", rebuilt_then_push)
+    propose_x(lab, 2.0)
+    assert len(pushed) == 2 and pushed[0] != pushed[1]  # built again, pushed once more
+    assert lab.stats["conflicts"] >= 1
+    main = daemon_remote.git("rev-parse", "main").strip()
+    assert main == pushed[1]
+    state = Lab.open(daemon_remote.url, "reader").read().state
+    assert len(state.experiments) == 2
 
 
 @pytest.mark.slow
