@@ -35,71 +35,23 @@ import pygit2
 from filelock import FileLock, Timeout
 
 from autolab.protocol.errors import Conflict, LabError, TransportError
-from autolab.protocol.push_spool import INVALID, PushSpool, write_atomic
+from autolab.protocol.git_cli import (
+    GIT_TIMEOUT,
+    LOCAL_DAMAGE,
+    OID,
+    CacheDamaged,
+    cache_root,
+    first_error,
+    git_env,
+    last_line,
+    normalize_url,
+    raise_for_push,
+)
+from autolab.protocol.push_spool import PushSpool, write_atomic
 from autolab.protocol.redact import redact
 from autolab.protocol.store import MAIN, RECORD_PREFIX, FileChange, LabStore, Snapshot
 
 _TRACK = "refs/remotes/origin/"
-_GIT_TIMEOUT = float(os.environ.get("AUTOLAB_GIT_TIMEOUT", "120"))
-_OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object ids
-# Rejections that mean "another writer won", as opposed to a broken transport.
-_LOST_RACE = ("stale info", "fetch first", "non-fast-forward", "already exists")
-# What git says when the *local* cache clone is broken (not the remote or the network).
-_LOCAL_DAMAGE = ("not a git repository", "corrupt", "bad object", "unable to read",
-                 "did not send all necessary objects", "invalid object", "packfile",
-                 "bad config", "unknown repository format", "missing blob", "missing tree")
-
-
-class CacheDamaged(TransportError):
-    """The host's cache clone of a lab is deleted or corrupted (it gets rebuilt)."""
-
-
-def cache_root() -> Path:
-    """Directory holding the per-lab cache clones."""
-    env = os.environ.get("AUTOLAB_CACHE")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autolab"
-
-
-def normalize_url(url: str) -> str:
-    """Absolute path for local labs, the URL unchanged otherwise."""
-    if "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url):
-        return url
-    return str(Path(url).expanduser().resolve())
-
-
-def _git_env(url: str = "") -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", LANG="C", GIT_ASKPASS="true")
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-    env.update(_token_auth(url))
-    return env
-
-
-def _token_auth(url: str) -> dict[str, str]:
-    """HTTP basic auth from ``$AUTOLAB_GIT_TOKEN`` (or ``$HF_TOKEN`` for the Hub) as git
-    config in the environment: a token never has to be written into a lab URL, where
-    it would show up in job specs and process lists."""
-    if not url.startswith("https://") or re.match(r"https://[^/@]+@", url):
-        return {}
-    token = os.environ.get("AUTOLAB_GIT_TOKEN")
-    if not token and re.match(r"https://(www\.)?huggingface\.co/", url):
-        token = os.environ.get("HF_TOKEN")
-    if not token:
-        return {}
-    import base64
-
-    host = re.match(r"https://[^/]+/", url + "/")
-    assert host is not None
-    basic = base64.b64encode(f"autolab:{token}".encode()).decode()
-    count = int(os.environ.get("GIT_CONFIG_COUNT", "0") or 0)
-    # Scoped to the lab's host: the token is never sent anywhere else.
-    return {"GIT_CONFIG_COUNT": str(count + 1),
-            f"GIT_CONFIG_KEY_{count}": f"http.{host.group(0)}.extraHeader",
-            f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {basic}"}
-
-
 class GitStore(LabStore):
     """A lab behind a Git URL: a filesystem path, ``file://``, ``git://``, ``ssh://``
     or ``https://``.
@@ -120,7 +72,7 @@ class GitStore(LabStore):
         self._lock = FileLock(str(self.path) + ".lock", poll_interval=0.005)
         self._stamp = Path(str(self.path) + ".fetched")
         self._seen_main = Path(str(self.path) + ".main")
-        self._spool = PushSpool(Path(str(self.path) + ".spool"), self._push, _GIT_TIMEOUT,
+        self._spool = PushSpool(Path(str(self.path) + ".spool"), self._push, GIT_TIMEOUT,
                                 check=self._pushable)
         self._fold_lock = FileLock(str(self.path) + ".fold.lock")
         self._repo: pygit2.Repository | None = None
@@ -180,7 +132,7 @@ class GitStore(LabStore):
         from the network or the server."""
         proc = subprocess.run(["git", "--git-dir", str(self.path), "fsck", "--connectivity-only",
                                "--no-dangling", "--no-progress"], capture_output=True,
-                              env=_git_env(), timeout=_GIT_TIMEOUT)
+                              env=git_env(), timeout=GIT_TIMEOUT)
         return proc.returncode != 0
 
     def _discard_cache(self) -> None:
@@ -217,7 +169,7 @@ class GitStore(LabStore):
             write_atomic(alternates, f"{objects}\n")
 
     def _git(self, *args: str, cwd: Path | None | str = "", check: bool = True,
-             timeout: float = _GIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+             timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
         where = self.path if cwd == "" else cwd
         # Name the cache explicitly: git would otherwise search upwards from a damaged
         # (emptied) cache and could act on an enclosing repository.
@@ -226,7 +178,7 @@ class GitStore(LabStore):
             raise CacheDamaged(f"cache clone {where} is gone")
         try:
             proc = subprocess.run(
-                ["git", *scope, *self._options, *args], cwd=where, env=_git_env(self.url),
+                ["git", *scope, *self._options, *args], cwd=where, env=git_env(self.url),
                 capture_output=True, text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired:
@@ -237,7 +189,7 @@ class GitStore(LabStore):
             raise CacheDamaged(f"cache clone {where} is gone") from None
         if check and proc.returncode != 0:
             raise TransportError(
-                f"git {args[0]} failed on {redact(self.url)}: {redact(_last_line(proc.stderr))}"
+                f"git {args[0]} failed on {redact(self.url)}: {redact(last_line(proc.stderr))}"
             )
         return proc
 
@@ -336,7 +288,7 @@ class GitStore(LabStore):
         )
         if proc.returncode != 0:
             full = proc.stderr
-            err = redact(_first_error(full))
+            err = redact(first_error(full))
             if "couldn't find remote ref" in full:
                 raise LabError(f"{redact(self.url)} has no main branch: not a lab")
             if any(s in full for s in ("does not appear to be a git repository",
@@ -344,7 +296,7 @@ class GitStore(LabStore):
                                        "no such repository")):
                 raise LabError(f"{redact(self.url)}: no such lab ({err})")
             local = "\n".join(ln for ln in full.splitlines() if not ln.startswith("remote:"))
-            if any(s in local for s in _LOCAL_DAMAGE) and self._cache_broken():
+            if any(s in local for s in LOCAL_DAMAGE) and self._cache_broken():
                 raise CacheDamaged(err)
             raise TransportError(f"cannot fetch {redact(self.url)}: {err}")
 
@@ -417,7 +369,7 @@ class GitStore(LabStore):
 
         proc = subprocess.run(["git", "--git-dir", str(self.path), "archive", "--format=tar",
                                commit], cwd=self.path, capture_output=True,
-                              timeout=_GIT_TIMEOUT)
+                              timeout=GIT_TIMEOUT)
         if proc.returncode != 0:
             raise TransportError(f"cannot export {commit[:12]}: {proc.stderr.decode()[-200:]}")
         with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as archive:
@@ -459,7 +411,7 @@ class GitStore(LabStore):
                 result[parts[1].split(":", 1)[1]] = (parts[0], parts[2])
         if proc.returncode != 0 and not result:
             raise TransportError(
-                f"cannot push to {redact(self.url)}: {redact(_last_line(proc.stderr))}"
+                f"cannot push to {redact(self.url)}: {redact(last_line(proc.stderr))}"
             )
         return result
 
@@ -469,7 +421,7 @@ class GitStore(LabStore):
         if not ref.startswith("refs/") or not pygit2.reference_is_valid_name(ref):
             return f"invalid ref name {ref!r}"
         for name, value in (("commit", commit), ("expected", expected)):
-            if value is not None and not _OID.fullmatch(value):
+            if value is not None and not OID.fullmatch(value):
                 return f"{name} {value[:50]!r} is not an object id"
         if not self._has_object(commit):
             return f"commit {commit[:12]} is not in the local cache (rebuilt meanwhile?)"
@@ -493,7 +445,7 @@ class GitStore(LabStore):
             raise
         if flag == "!":
             self._check_not_lost(ref, commit)
-        _raise_for(flag, summary, ref, self.url)
+        raise_for_push(flag, summary, ref, self.url)
 
     def _check_not_lost(self, ref: str, commit: str) -> None:
         """After a failed push: if ``commit`` is no longer in the cache clone, another
@@ -511,7 +463,7 @@ class GitStore(LabStore):
 
     def _spooled(self, ref: str, commit: str, expected: str | None) -> None:
         flag, summary = self._spool.push(ref, commit, expected)
-        _raise_for(flag, summary, ref, self.url)
+        raise_for_push(flag, summary, ref, self.url)
 
     def try_exclusive(self, seconds: float) -> bool:
         """True for at most one caller per host per ``seconds`` (e.g. who folds now)."""
@@ -549,22 +501,10 @@ class GitStore(LabStore):
             if "couldn't find remote ref" in proc.stderr:
                 return None
             raise TransportError(
-                f"cannot fetch {ref} from {redact(self.url)}: {redact(_last_line(proc.stderr))}"
+                f"cannot fetch {ref} from {redact(self.url)}: {redact(last_line(proc.stderr))}"
             )
         found = repo.references.get(local)
         return str(found.target) if found else None
-
-
-def _raise_for(flag: str, summary: str, ref: str, url: str) -> None:
-    """Turn a porcelain push status into Conflict (lost race), TransportError (worth
-    retrying) or, for an update the spool refused to push, LabError (it never will be)."""
-    if flag == INVALID:
-        raise LabError(f"cannot push {ref}: {summary}")
-    if flag != "!":
-        return
-    if "remote rejected" not in summary and any(word in summary for word in _LOST_RACE):
-        raise Conflict(ref, f"{ref}: {summary}")
-    raise TransportError(f"push of {ref} to {redact(url)} failed: {summary}")
 
 
 def _read_stamp(path: Path) -> float | None:
@@ -572,16 +512,3 @@ def _read_stamp(path: Path) -> float | None:
         return float(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _first_error(text: str) -> str:
-    """The first line git marks as fatal/error (its last line is often a hint)."""
-    for line in text.splitlines():
-        if line.startswith(("fatal:", "error:")):
-            return line.strip()
-    return _last_line(text)
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "(no message)"

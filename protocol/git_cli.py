@@ -1,0 +1,100 @@
+"""How autolab runs the git CLI: environment, credentials, and reading its answers.
+
+Shared by the cache clone (:mod:`autolab.protocol.gitstore`): timeouts, an environment
+that never prompts, a token handed to git for the lab's host only, and the words that
+tell a lost race, a broken transport and a damaged local clone apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from autolab.protocol.errors import Conflict, LabError, TransportError
+from autolab.protocol.push_spool import INVALID
+from autolab.protocol.redact import redact
+
+GIT_TIMEOUT = float(os.environ.get("AUTOLABGIT_TIMEOUT", "120"))
+OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object ids
+# Rejections that mean "another writer won", as opposed to a broken transport.
+LOST_RACE = ("stale info", "fetch first", "non-fast-forward", "already exists")
+# What git says when the *local* cache clone is broken (not the remote or the network).
+LOCAL_DAMAGE = ("not a git repository", "corrupt", "bad object", "unable to read",
+                 "did not send all necessary objects", "invalid object", "packfile",
+                 "bad config", "unknown repository format", "missing blob", "missing tree")
+
+
+class CacheDamaged(TransportError):
+    """The host's cache clone of a lab is deleted or corrupted (it gets rebuilt)."""
+
+
+def cache_root() -> Path:
+    """Directory holding the per-lab cache clones."""
+    env = os.environ.get("AUTOLAB_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autolab"
+
+
+def normalize_url(url: str) -> str:
+    """Absolute path for local labs, the URL unchanged otherwise."""
+    if "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url):
+        return url
+    return str(Path(url).expanduser().resolve())
+
+
+def git_env(url: str = "") -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", LANG="C", GIT_ASKPASS="true")
+    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    env.update(_token_auth(url))
+    return env
+
+
+def _token_auth(url: str) -> dict[str, str]:
+    """HTTP basic auth from ``$AUTOLAB_GIT_TOKEN`` (or ``$HF_TOKEN`` for the Hub) as git
+    config in the environment: a token never has to be written into a lab URL, where
+    it would show up in job specs and process lists."""
+    if not url.startswith("https://") or re.match(r"https://[^/@]+@", url):
+        return {}
+    token = os.environ.get("AUTOLAB_GIT_TOKEN")
+    if not token and re.match(r"https://(www\.)?huggingface\.co/", url):
+        token = os.environ.get("HF_TOKEN")
+    if not token:
+        return {}
+    import base64
+
+    host = re.match(r"https://[^/]+/", url + "/")
+    assert host is not None
+    basic = base64.b64encode(f"autolab:{token}".encode()).decode()
+    count = int(os.environ.get("GIT_CONFIG_COUNT", "0") or 0)
+    # Scoped to the lab's host: the token is never sent anywhere else.
+    return {"GIT_CONFIG_COUNT": str(count + 1),
+            f"GIT_CONFIG_KEY_{count}": f"http.{host.group(0)}.extraHeader",
+            f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {basic}"}
+
+
+def raise_for_push(flag: str, summary: str, ref: str, url: str) -> None:
+    """Turn a porcelain push status into Conflict (lost race), TransportError (worth
+    retrying) or, for an update the spool refused to push, LabError (it never will be)."""
+    if flag == INVALID:
+        raise LabError(f"cannot push {ref}: {summary}")
+    if flag != "!":
+        return
+    if "remote rejected" not in summary and any(word in summary for word in LOST_RACE):
+        raise Conflict(ref, f"{ref}: {summary}")
+    raise TransportError(f"push of {ref} to {redact(url)} failed: {summary}")
+
+
+def first_error(text: str) -> str:
+    """The first line git marks as fatal/error (its last line is often a hint)."""
+    for line in text.splitlines():
+        if line.startswith(("fatal:", "error:")):
+            return line.strip()
+    return last_line(text)
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "(no message)"
