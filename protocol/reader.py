@@ -114,10 +114,11 @@ class LabView:
                 found.setdefault(row["experiment_id"], row["patch"] or "")
         return [found.get(eid, "") for eid in experiment_ids]
 
-    def table(self, name: str) -> pa.Table:
-        """The whole table as arrow: ``main`` rows by ``seq``, then pending record rows."""
-        main = self._fold.main_table(self.store, name)
-        parts = [read_table(self.store, name, blob, shard.path, record.commit)
+    def table(self, name: str, *, lean: bool = False) -> pa.Table:
+        """The whole table as arrow: ``main`` rows by ``seq``, then pending record rows;
+        ``lean``: without patches (cheaper, where they are not needed)."""
+        main = self._fold.main_table(self.store, name, lean=lean)
+        parts = [read_table(self.store, name, blob, shard.path, record.commit, lean=lean)
                  for record in self.pending for shard, blob in record.shards
                  if shard.table == name]
         if not parts:

@@ -75,44 +75,58 @@ class Report:
 # -- data --------------------------------------------------------------------------------
 
 
-def _queue_events(view: LabView, events: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Queue rows of the given events, a few columns only (patches stay in arrow)."""
-    table = view.table("queue")
+def _queue_events(view: LabView, events: tuple[str, ...]) -> pa.Table:
+    """Queue rows of the given events, a few columns only, as arrow."""
+    table = view.table("queue", lean=True)
     mask = pc.is_in(table.column("event"), value_set=pa.array(events))
     columns = ["seq", "experiment_id", "event", "attempt", "at", "reason"]
-    return table.filter(mask).select(columns).to_pylist()
+    return table.filter(mask).select(columns)
 
 
-def runs(view: LabView, queue: list[dict[str, Any]] | None = None) -> list[Run]:
+def _rows_of(table: pa.Table, event: str) -> list[dict[str, Any]]:
+    return table.filter(pc.equal(table.column("event"), event)).to_pylist()
+
+
+def runs(view: LabView, queue: pa.Table | None = None) -> list[Run]:
     """Every score row as a :class:`Run`, in order of finishing.
 
     A run without ``started_at`` starts when its attempt was claimed, else
     ``runtime_s`` before it finished.
     """
-    queue = _queue_events(view, ("claimed",)) if queue is None else queue
+    from autolab.protocol.shard_cache import values_of
+
+    folded = view.folded()
+    scores, exps = folded.scores, folded.experiments
+    # The score row that finished each promoted experiment.
+    promoted = set(exps.filter(exps.column("promoted")).column("result_event_id")
+                   .drop_null().to_pylist())
+    names = ["experiment_id", "attempt", "agent", "status", "metric", "late", "started_at",
+             "finished_at", "runtime_s", "reason", "event_id"]
+    columns = {name: values_of(scores.column(name)) for name in names}
     claimed: dict[tuple[str, int], datetime] = {}
-    for row in queue:
-        if row["event"] == "claimed" and row["at"] is not None:
-            claimed.setdefault((row["experiment_id"], row["attempt"]), row["at"])
+    if any(s is None for s in columns["started_at"]):
+        queue = _queue_events(view, ("claimed",)) if queue is None else queue
+        for row in _rows_of(queue, "claimed"):
+            if row["at"] is not None:
+                claimed.setdefault((row["experiment_id"], row["attempt"]), row["at"])
     out: list[tuple[tuple[Any, ...], Run]] = []
-    for index, row in enumerate(view.state.scores):
-        exp = view.state.experiments.get(row["experiment_id"])
-        finished, runtime = row.get("finished_at"), row.get("runtime_s")
-        started = row.get("started_at") or claimed.get((row["experiment_id"], row["attempt"]))
+    for index, values in enumerate(zip(*(columns[n] for n in names), strict=True)):
+        (eid, attempt, agent, status, metric, late, started, finished, runtime, reason,
+         event_id) = values
+        started = started or claimed.get((eid, attempt))
         if started is None and finished is not None and runtime is not None:
             started = finished - timedelta(seconds=runtime)
-        if row["late"]:
+        if late:
             outcome = "late"
-        elif row["status"] != "ok":
-            outcome = row["status"]
-        elif exp is not None and exp.promoted and exp.result is not None and (
-                exp.result["event_id"] == row["event_id"]):
+        elif status != "ok":
+            outcome = status
+        elif event_id in promoted:
             outcome = "promoted"
         else:
             outcome = "ok"
-        run = Run(row["experiment_id"], row["attempt"], row.get("agent") or "?", row["status"],
-                  outcome, row["metric"] if row["status"] == "ok" else None, bool(row["late"]),
-                  started, finished, runtime, row.get("reason"))
+        run = Run(eid, attempt, agent or "?", status, outcome,
+                  metric if status == "ok" else None, bool(late), started, finished, runtime,
+                  reason)
         # Hosts' clocks differ a little; finish times still order runs far better than
         # the order rows reached main. Rows without one keep their place at the end.
         key = (finished is None, finished.timestamp() if finished else 0.0, index)
@@ -121,7 +135,7 @@ def runs(view: LabView, queue: list[dict[str, Any]] | None = None) -> list[Run]:
     return [run for _, run in out]
 
 
-def leaderboard_rows(view: LabView, queue: list[dict[str, Any]] | None = None,
+def leaderboard_rows(view: LabView, queue: pa.Table | None = None,
                      limit: int = 20) -> list[dict[str, Any]]:
     """The leaderboard, each row with ``delta``: its metric minus the best on ``main``
     when it was proposed (the best its parent commit held; None before any promotion).
@@ -132,11 +146,17 @@ def leaderboard_rows(view: LabView, queue: list[dict[str, Any]] | None = None,
     from autolab.scoreboard.leaderboard import leaderboard
 
     queue = _queue_events(view, ("proposed",)) if queue is None else queue
-    proposed = {r["experiment_id"]: r["seq"] for r in queue
-                if r["event"] == "proposed" and r["seq"] is not None}
-    promotions = [p for p in view.state.promotions if p["seq"] is not None]
+    promotions = [p for p in view.folded().promotions.to_pylist() if p["seq"] is not None]
     seqs = [p["seq"] for p in promotions]
     rows = leaderboard(view, limit=limit)
+    wanted = pa.array([row["experiment_id"] for row in rows], pa.string())
+    shown = queue.filter(pc.and_(pc.equal(queue.column("event"), "proposed"),
+                                 pc.is_in(queue.column("experiment_id"), value_set=wanted)))
+    proposed: dict[str, int] = {}
+    for eid, seq in zip(shown.column("experiment_id").to_pylist(),
+                        shown.column("seq").to_pylist(), strict=True):
+        if seq is not None:
+            proposed.setdefault(eid, seq)
     for row in rows:
         seq = proposed.get(row["experiment_id"])
         before = bisect.bisect_left(seqs, seq) if seq is not None else 0
@@ -146,7 +166,7 @@ def leaderboard_rows(view: LabView, queue: list[dict[str, Any]] | None = None,
     return rows
 
 
-def failures(view: LabView, run_list: list[Run], queue: list[dict[str, Any]] | None = None
+def failures(view: LabView, run_list: list[Run], queue: pa.Table | None = None
              ) -> list[tuple[str, str, int]]:
     """``(reason, status, count)`` of failed runs and expired leases, most common first."""
     queue = _queue_events(view, ("expired", "failed")) if queue is None else queue
@@ -155,9 +175,9 @@ def failures(view: LabView, run_list: list[Run], queue: list[dict[str, Any]] | N
         if run.status != "ok":
             reason = (run.reason or "").strip().splitlines()
             counts[(f"{run.status}: {reason[0]}" if reason else run.status, run.status)] += 1
-    for row in queue:
-        if row["event"] not in ("expired", "failed"):
-            continue
+    ended = queue.filter(pc.is_in(queue.column("event"), value_set=pa.array(
+        ["expired", "failed"]))).select(["event", "reason"]).to_pylist()
+    for row in ended:
         reason = (row["reason"] or "").strip()
         if row["event"] == "expired" or "lease" in reason:
             # Reap reasons name the attempt and the agent; one bucket reads better.
@@ -326,16 +346,17 @@ def _page(view: LabView, run_list: list[Run], board: list[dict[str, Any]],
           failed: list[tuple[str, str, int]], figures: dict[str, bytes]) -> str:
     from autolab.protocol.redact import redact
 
-    config, state = view.config, view.state
+    config, folded = view.config, view.folded()
+    exps = folded.experiments
     minimize = config.direction == "min"
-    counts = Counter(e.state for e in state.experiments.values())
-    agents = {r.agent for r in run_list} | {e.agent for e in state.experiments.values()
-                                           if e.agent}
-    best = state.best
+    counts = Counter(exps.column("state").to_pylist())
+    agents = {r.agent for r in run_list} | set(exps.column("agent").drop_null().to_pylist())
+    promotions = folded.promotions.to_pylist()
+    best = promotions[-1] if promotions else None
     outcomes = Counter(r.outcome for r in run_list)
     n_failed = sum(outcomes[o] for o in ("crash", "timeout", "invalid"))
     compute = sum(r.runtime_s or 0.0 for r in run_list)
-    spend = spend_usd(view.table("scores"))
+    spend = spend_usd(folded.scores)
 
     tiles = [
         _tile(f"best {_e(config.metric)}", _num(best["metric"]) if best else "—",
@@ -346,14 +367,14 @@ def _page(view: LabView, run_list: list[Run], board: list[dict[str, Any]],
         gap = best["metric"] - config.floor if best else None
         tiles.append(_tile("gap to floor", _num(gap), f"floor {_num(config.floor)}"))
     tiles += [
-        _tile("experiments", str(len(state.experiments)),
+        _tile("experiments", str(exps.num_rows),
               " · ".join(f"{counts.get(k, 0)} {label}" for k, label in (
                   ("done", "done"), ("failed", "failed"), ("queued", "queued"),
                   ("claimed", "running"), ("cancelled", "cancelled")) if counts.get(k))),
         _tile("runs", str(len(run_list)),
               f"{outcomes['ok'] + outcomes['promoted']} ok · {n_failed} failed · "
               f"{outcomes['late']} late"),
-        _tile("promotions", str(len(state.promotions))),
+        _tile("promotions", str(len(promotions))),
         _tile("agents", str(len(agents))),
     ]
     spend_line = (f"spend: ${spend:,.2f}" if spend is not None
@@ -379,11 +400,14 @@ def _page(view: LabView, run_list: list[Run], board: list[dict[str, Any]],
 
     promo_rows = []
     previous: float | None = None
-    for n, p in enumerate(state.promotions, 1):
+    promoted_ids = pa.array([p["experiment_id"] for p in promotions], pa.string())
+    shown = exps.filter(pc.is_in(exps.column("experiment_id"), value_set=promoted_ids))
+    hypotheses = dict(zip(shown.column("experiment_id").to_pylist(),
+                          shown.column("hypothesis").to_pylist(), strict=True))
+    for n, p in enumerate(promotions, 1):
         gain = None if previous is None else p["metric"] - previous
         previous = p["metric"]
-        hypothesis = state.experiments[p["experiment_id"]].hypothesis \
-            if p["experiment_id"] in state.experiments else ""
+        hypothesis = hypotheses.get(p["experiment_id"], "")
         promo_rows.append([
             (str(n), "num"), (f'<span class="id">{_e(p["experiment_id"])}</span>', ""),
             (_e(hypothesis), "hyp"), (_num(p["metric"]), "num"),

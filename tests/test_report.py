@@ -204,6 +204,21 @@ def test_spend_sums_cost_when_scores_carry_it():
     assert rep.spend_usd(pa.table({"cost_usd": [0.5, None, 1.25]})) == 1.75
 
 
+def test_gantt_bars_closer_than_a_pixel_are_drawn_as_one():
+    bars = [(10.0, 1.0), (0.0, 2.0), (2.05, 1.0), (1.0, 0.5), (5.0, 0.1), (20.0, 0.0)]
+    joined = figures._joined(bars, gap=0.1)
+    assert joined == [(0.0, 3.05), (5.0, 0.1), (10.0, 1.0), (20.0, 0.0)]
+
+    def covered(parts, x):
+        return any(a <= x <= a + w for a, w in parts)
+
+    probes = [x / 100 for x in range(0, 2200)]
+    # Nothing drawn that was not within the gap of a bar; every bar's span still drawn.
+    assert all(covered(joined, x) for x in probes if covered(bars, x))
+    assert all(any(a - 0.1 <= x <= a + w + 0.1 for a, w in bars)
+               for x in probes if covered(joined, x))
+
+
 def _bulk_lab(url: str, experiments: int, agents: int) -> None:
     """A lab of many finished experiments, written as three main commits of real rows
     (the transactions would take minutes to produce them one by one)."""
