@@ -73,7 +73,8 @@ class MainFold:
             parts = self._full_parts()
             self._state = _fold_tables(self.main, self.max_seq, parts)
             for name in TABLES:  # no copy: the same buffers, in order
-                self._main_tables.setdefault(name, sorted_main(name, parts[name]))
+                if name not in self._main_tables:
+                    self._main_tables[name] = sorted_main(name, parts[name])
             self._parts = None
         return self._state
 
@@ -172,7 +173,7 @@ _DERIVE_ROWS = 50_000  # rows kept to derive tables lazily before giving up on i
 
 
 def fold_main(store: LabStore, main: str, shards: dict[str, dict[str, str]],
-               max_seq: int) -> MainFold:
+              max_seq: int) -> MainFold:
     """The fold of ``main``: cached, continued from a base, or folded from scratch."""
     hit = _folds.get(main)
     if hit is not None:
