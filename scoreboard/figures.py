@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autolab.scoreboard.report import Run
+    from autolab.scoreboard.report_data import Run
 
 DPI = 100
 WIDTH_IN = 11.0
