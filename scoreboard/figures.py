@@ -37,6 +37,10 @@ OUTCOME_COLOURS = {
     "late": "#A0A0A0",
 }
 OUTCOMES = tuple(OUTCOME_COLOURS)
+# Where bars overlap, the outcome drawn last shows: runs that did not count at the
+# bottom, promotions on top.
+_DRAW_ORDER = ("late", "ok", "invalid", "timeout", "crash", "promoted")
+_GANTT_BINS = 900  # columns of a crowded Gantt row: about one per pixel of the plot
 # Failures are runs (crash, timeout, invalid) and leases that ran out (expired).
 FAILURE_COLOURS = {**OUTCOME_COLOURS, "expired": "#8C564B"}
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
@@ -134,8 +138,9 @@ def progress_png(runs: Sequence[Run], *, metric: str, direction: str,
                    linewidths=0, label=_plain(agent) if named else None, zorder=3)
     late = [(i, r.metric) for i, r in scored if r.late]
     if late:
+        # Beneath the runs that counted: where 10^5 points overlap, they should show.
         ax.scatter(*zip(*late, strict=True), s=26, facecolors="none", edgecolors="#999999",
-                   label="late (not counted)", zorder=3)
+                   label="late (not counted)", zorder=2.5)
     promoted = [(i, r) for i, r in scored if r.promoted]
     if promoted:
         ax.scatter([i for i, _ in promoted], [r.metric for _, r in promoted], s=120,
@@ -228,16 +233,22 @@ def gantt_png(runs: Sequence[Run]) -> bytes:
         width = max((r.finished.timestamp() - start) / 86400.0, min_width)
         bars.setdefault((r.outcome, r.agent), []).append((day0 + start / 86400.0, width))
     present = [o for o in OUTCOMES if any((o, a) in bars for a in agents)]
-    # Bars closer than a fraction of a pixel (the chart is about 1,500 pixels wide) look
-    # the same drawn as one: 10^5 runs otherwise cost seconds of drawing.
-    joint = span / 4000 / 86400.0
-    for outcome in present:
-        for agent in agents:
-            if (outcome, agent) in bars:
-                ax.broken_barh(_joined(bars[(outcome, agent)], joint),
-                               (rows[agent] - 0.32, 0.64),
-                               facecolors=OUTCOME_COLOURS[outcome], edgecolor="white",
-                               linewidth=0.4)
+    if len(timed) / len(agents) > _GANTT_BINS / 4:
+        # Too many runs per row for a bar each: at a few pixels apiece they overlap, and
+        # whichever outcome is drawn last would paint over the rest.
+        _gantt_density(ax, bars, rows, present, day0 + _start(min(
+            timed, key=_start)).timestamp() / 86400.0, span / 86400.0)
+    else:
+        drawn = sorted(present, key=_DRAW_ORDER.index)
+        # Bars closer than a fraction of a pixel look the same drawn as one.
+        joint = span / 4000 / 86400.0
+        for outcome in drawn:
+            for agent in agents:
+                if (outcome, agent) in bars:
+                    ax.broken_barh(_joined(bars[(outcome, agent)], joint),
+                                   (rows[agent] - 0.32, 0.64),
+                                   facecolors=OUTCOME_COLOURS[outcome], edgecolor="white",
+                                   linewidth=0.4)
     ax.set_yticks(list(rows.values()), [_plain(a) for a in rows])
     ax.set_ylim(-0.7, len(agents) - 0.3)
     pad = span * 0.01 / 86400.0
@@ -250,6 +261,55 @@ def gantt_png(runs: Sequence[Run]) -> bytes:
     fig.legend(handles=[Patch(color=OUTCOME_COLOURS[o], label=o) for o in present],
                loc="outside right upper", fontsize=8, frameon=False)
     return _png(fig)
+
+
+def _gantt_density(ax: Any, bars: dict[tuple[str, str], list[tuple[float, float]]],
+                   rows: dict[str, int], outcomes: list[str], first: float, span: float
+                   ) -> None:
+    """Each agent's row as ``_GANTT_BINS`` columns (about a pixel each), every column
+    split in height between the outcomes of the runs in it, in proportion to how many
+    ran there: what a bar per run shows when runs are wider than pixels, without
+    letting the outcome drawn last hide the others where they are not."""
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+
+    bins = _GANTT_BINS
+    counts = np.zeros((len(rows), bins + 1, len(outcomes)))
+    for (outcome, agent), spans in bars.items():
+        if outcome not in outcomes:
+            continue
+        starts = np.array([a for a, _ in spans])
+        ends = starts + np.array([w for _, w in spans])
+        first_bin = np.clip(((starts - first) / span * bins).astype(int), 0, bins - 1)
+        last_bin = np.clip(np.ceil((ends - first) / span * bins).astype(int), first_bin + 1,
+                           bins)
+        row, kind = rows[agent], outcomes.index(outcome)
+        np.add.at(counts[row, :, kind], first_bin, 1)  # a run covers its bins [first, last)
+        np.add.at(counts[row, :, kind], last_bin, -1)
+    active = np.cumsum(counts, axis=1)[:, :bins, :]
+    width = span / bins
+    polygons, colours = [], []
+    for row in range(len(rows)):
+        column = active[row]
+        total = column.sum(axis=1)
+        b = 0
+        while b < bins:
+            if total[b] <= 0:
+                b += 1
+                continue
+            end = b + 1  # columns alike are drawn as one
+            while end < bins and np.array_equal(column[end], column[b]):
+                end += 1
+            x0, x1 = first + b * width, first + end * width
+            y = row - 0.32
+            for kind, outcome in enumerate(outcomes):
+                height = 0.64 * column[b, kind] / total[b]
+                if height > 0:
+                    polygons.append([(x0, y), (x1, y), (x1, y + height), (x0, y + height)])
+                    colours.append(OUTCOME_COLOURS[outcome])
+                    y += height
+            b = end
+    ax.add_collection(PolyCollection(polygons, facecolors=colours, edgecolors="none"))
 
 
 def _joined(bars: list[tuple[float, float]], gap: float) -> list[tuple[float, float]]:

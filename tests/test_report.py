@@ -219,6 +219,35 @@ def test_gantt_bars_closer_than_a_pixel_are_drawn_as_one():
                for x in probes if covered(joined, x))
 
 
+def _colour_share(png: bytes, hex_colour: str) -> float:
+    import io
+
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(io.BytesIO(png))[..., :3]
+    want = np.array([int(hex_colour[i:i + 2], 16) / 255 for i in (1, 3, 5)])
+    return float((np.abs(pixels - want).max(axis=2) < 0.02).mean())
+
+
+@pytest.mark.parametrize("agents", [1, 4])
+def test_a_crowded_gantt_shows_outcomes_in_proportion(agents):
+    """Thousands of runs per row, nine in ten ok: drawn a bar each, the crashes drawn
+    over them would paint the rows red; drawn as proportions, the rows stay mostly blue
+    and the crashes still show."""
+    runs = []
+    for i in range(6000 * agents):
+        start = T0 + timedelta(seconds=10 * (i // agents))
+        crashed = i % 10 == 0
+        runs.append(rep.Run(f"{i:05d}", 1, f"agent-{i % agents}", "crash" if crashed else "ok",
+                            "crash" if crashed else "ok", None if crashed else 1.0, False,
+                            start, start + timedelta(seconds=8), 8.0, None))
+    png = figures.gantt_png(runs)
+    ok = _colour_share(png, figures.OUTCOME_COLOURS["ok"])
+    crash = _colour_share(png, figures.OUTCOME_COLOURS["crash"])
+    assert crash > 0.0005, (ok, crash)  # visible
+    assert 5 < ok / crash < 20, (ok, crash)  # about nine to one
+
+
 def _bulk_lab(url: str, experiments: int, agents: int) -> None:
     """A lab of many finished experiments, written as three main commits of real rows
     (the transactions would take minutes to produce them one by one)."""
