@@ -75,6 +75,15 @@ def _figure(height_in: float, width_in: float = WIDTH_IN) -> Any:
     return fig
 
 
+def _rows_chart(height_in: float, width_in: float = WIDTH_IN) -> tuple[Any, Any]:
+    """A figure with one styled axes whose rows are categories (no horizontal grid)."""
+    fig = _figure(height_in, width_in)
+    ax = fig.add_subplot()
+    _style(ax)
+    ax.grid(False, axis="y")
+    return fig, ax
+
+
 def _style(ax: Any) -> None:
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(True, color="#E6E6E6", linewidth=0.8)
@@ -210,10 +219,7 @@ def gantt_png(runs: Sequence[Run]) -> bytes:
 
     timed = [r for r in runs if r.finished is not None]
     agents = sorted({r.agent for r in timed}, key=natural_key)
-    fig = _figure(gantt_height_in(len(agents)))
-    ax = fig.add_subplot()
-    _style(ax)
-    ax.grid(False, axis="y")
+    fig, ax = _rows_chart(gantt_height_in(len(agents)))
     if not timed:
         _empty(ax, "no finished experiments yet")
         return _png(fig)
@@ -332,10 +338,7 @@ def _start(run: Run) -> datetime:
 
 def failures_png(failures: Sequence[tuple[str, str, int]]) -> bytes:
     """Horizontal bars: how many runs failed for each ``(reason, status, count)``."""
-    fig = _figure(failures_height_in(len(failures)), FAILURES_WIDTH_IN)
-    ax = fig.add_subplot()
-    _style(ax)
-    ax.grid(False, axis="y")
+    fig, ax = _rows_chart(failures_height_in(len(failures)), FAILURES_WIDTH_IN)
     if not failures:
         _empty(ax, "no failures")
         return _png(fig)
