@@ -115,7 +115,7 @@ def fold_columns(main: str, max_seq: int, queue: pa.Table, scores: pa.Table,
     for name, data in tables.items():
         if data.column("seq").null_count:
             raise ValueError(f"{name} rows without seq: not main's rows")
-        tables[name] = few_chunks(sorted_main(name, [data]))
+        tables[name] = sorted_main(name, [data])  # (few chunks, too)
     queue, scores, ideas = tables["queue"], tables["scores"], tables["ideas"]
     nq = queue.num_rows
     exp_codes, exp_ids = _codes(pa.chunked_array(
