@@ -106,9 +106,12 @@ class LabView:
             pc.is_in(main.column("experiment_id"),
                      value_set=pa.array(experiment_ids, pa.string()))))
         found: dict[str, str] = {}
-        for eid, patch in zip(proposed.column("experiment_id").to_pylist(),
-                              proposed.column("patch").to_pylist(), strict=True):
-            found.setdefault(eid, patch or "")
+        # The fold orders main's rows without a seq (hand-made shards) before the others.
+        unnumbered = pc.is_null(proposed.column("seq"))
+        for part in (proposed.filter(unnumbered), proposed.filter(pc.invert(unnumbered))):
+            for eid, patch in zip(part.column("experiment_id").to_pylist(),
+                                  part.column("patch").to_pylist(), strict=True):
+                found.setdefault(eid, patch or "")
         for row in self._pending_rows["queue"]:  # in fold order already
             if row["event"] == "proposed":
                 found.setdefault(row["experiment_id"], row["patch"] or "")
