@@ -239,7 +239,7 @@ def gantt_png(runs: Sequence[Run]) -> bytes:
         width = max((r.finished.timestamp() - start) / 86400.0, min_width)
         bars.setdefault((r.outcome, r.agent), []).append((day0 + start / 86400.0, width))
     present = [o for o in OUTCOMES if any((o, a) in bars for a in agents)]
-    if len(timed) / len(agents) > _GANTT_BINS / 4:
+    if gantt_crowded(runs):
         # Too many runs per row for a bar each: at a few pixels apiece they overlap, and
         # whichever outcome is drawn last would paint over the rest.
         _gantt_density(ax, bars, rows, present, day0 + _start(min(
@@ -267,6 +267,13 @@ def gantt_png(runs: Sequence[Run]) -> bytes:
     fig.legend(handles=[Patch(color=OUTCOME_COLOURS[o], label=o) for o in present],
                loc="outside right upper", fontsize=8, frameon=False)
     return _png(fig)
+
+
+def gantt_crowded(runs: Sequence[Run]) -> bool:
+    """Whether the Gantt chart of ``runs`` is drawn as columns rather than a bar per run."""
+    timed = [r for r in runs if r.finished is not None]
+    agents = {r.agent for r in timed}
+    return bool(timed) and len(timed) / len(agents) > _GANTT_BINS / 4
 
 
 def _gantt_density(ax: Any, bars: dict[tuple[str, str], list[tuple[float, float]]],

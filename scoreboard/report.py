@@ -206,10 +206,15 @@ def _table(headers: list[tuple[str, str]], rows: list[list[tuple[str, str]]]) ->
 def _page(view: LabView, run_list: list[Run], board: list[dict[str, Any]],
           failed: list[tuple[str, str, int]], figures: dict[str, bytes]) -> str:
     from autolab.protocol.redact import redact
+    from autolab.scoreboard.figures import gantt_crowded
 
     config, folded = view.config, view.folded()
     exps = folded.experiments
     minimize = config.direction == "min"
+    gantt_caption = (
+        "Too many runs for a bar each: each row is split, moment by moment, between the "
+        "outcomes of the runs then, in proportion." if gantt_crowded(run_list)
+        else "Each bar is one run, from start to finish, coloured by outcome.")
     counts = Counter(exps.column("state").to_pylist())
     agents = {r.agent for r in run_list} | set(exps.column("agent").drop_null().to_pylist())
     promotions = folded.promotions.to_pylist()
@@ -332,8 +337,7 @@ def _page(view: LabView, run_list: list[Run], board: list[dict[str, Any]],
 </section>
 <section>
 <h2>Runs per agent</h2>
-{_figure(figures, GANTT_PNG, "runs per agent over time",
-         "Each bar is one run, from start to finish, coloured by outcome.")}
+{_figure(figures, GANTT_PNG, "runs per agent over time", gantt_caption)}
 </section>
 <section>
 <h2>Leaderboard</h2>

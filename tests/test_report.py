@@ -134,6 +134,7 @@ def test_report_page_and_figures(remote, tmp_path):
     assert board["0001"]["delta"] is None  # proposed before any promotion
     assert "-0.75" in page
     assert "spend: unknown" in page and "entropy floor" in page
+    assert "Each bar is one run" in page  # a few runs: a bar each
     for reason in ("crash: exit code 1", "timeout: killed after 60 s", "lease expired",
                    "invalid: metric is nan"):
         assert reason in page
@@ -241,6 +242,7 @@ def test_a_crowded_gantt_shows_outcomes_in_proportion(agents):
         runs.append(rep.Run(f"{i:05d}", 1, f"agent-{i % agents}", "crash" if crashed else "ok",
                             "crash" if crashed else "ok", None if crashed else 1.0, False,
                             start, start + timedelta(seconds=8), 8.0, None))
+    assert figures.gantt_crowded(runs)  # the page's caption says so
     png = figures.gantt_png(runs)
     ok = _colour_share(png, figures.OUTCOME_COLOURS["ok"])
     crash = _colour_share(png, figures.OUTCOME_COLOURS["crash"])
