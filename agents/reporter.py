@@ -1,5 +1,6 @@
-"""The reporter: reaps leases (asking the Jobs API about remote runs), folds record
-refs, compacts shards, and mirrors finished experiments into Trackio."""
+"""The reporter: quarantines invalid record refs, reaps leases (asking the Jobs API
+about remote runs), folds record refs, compacts shards, and mirrors finished
+experiments into Trackio."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def report_once(lab: Lab, say: Callable[[str], None] = print, *, trackio: bool =
                 project: str | None = None) -> None:
     """One round. A Trackio failure is reported, never allowed to stop the round."""
     view = lab.read()
+    if view.quarantined:
+        from autolab.protocol.doctor import quarantine_records
+
+        bad = {b.ref: (b.commit, b.reason) for b in view.quarantined}
+        for line in quarantine_records(lab.store, bad):
+            say(f"quarantined record {line}")
     reap(lab, view, say)
     if lab.fold(view, always=True):
         say(f"folded {len(view.pending)} record(s) into main")

@@ -33,9 +33,11 @@ class Swarm:
         self.args[name] = args
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
-        env = {**os.environ, **self.env, "AUTOLAB_AGENT": name}
+        # The lab through the environment, never argv: a URL may carry credentials,
+        # and every process on the host can read every other's command line.
+        env = {**os.environ, **self.env, "AUTOLAB_AGENT": name, "AUTOLAB_LAB": self.lab}
         self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "autolab.agents.cli", *args, "--lab", self.lab],
+            [sys.executable, "-m", "autolab.agents.cli", *args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
 

@@ -1,9 +1,10 @@
 """The worker: claim an experiment, run it, record the score, promote if it wins.
 
-One cycle (DESIGN.md §6): claim -> worktree at the experiment's parent -> apply the
-patch, harness from ``main`` -> run on a backend -> push ``autolab/exp/<id>`` (the
-patch commit, then a result commit carrying the metrics) -> submit the score ->
-promote when the policy allows. Every outcome, including a patch that does not
+One cycle (DESIGN.md §6): claim -> judge the patch as git applies it to the
+experiment's parent, on ``main``'s rules, and build the experiment's commit from that
+tree -> worktree of the commit, harness from ``main`` -> run on a backend -> push
+``autolab/exp/<id>`` (the patch commit, then a result commit carrying the metrics) ->
+submit the score -> promote when the policy allows. Every outcome, including a patch that does not
 apply, a crash or a timeout, is recorded as a score with a reason.
 """
 
@@ -23,6 +24,7 @@ from autolab.protocol.compute import check_budget
 from autolab.protocol.errors import Conflict, NothingToDo, PatchError
 from autolab.protocol.harness import harness_files, harness_hash
 from autolab.protocol.lab import Lab, now
+from autolab.protocol.patch_judge import judge_patch
 from autolab.protocol.store import FileChange
 
 # A job's running time is counted from this process's start (when it runs in a job).
@@ -91,12 +93,20 @@ class Worker:
         harness = harness_files(store, main, config)
         started = now()
         head = None
-        with Worktree() as tree:
-            try:
-                touched = tree.prepare(store, parent, claim.patch, main, config)
-            except PatchError as exc:
-                result = RunResult("invalid", None, {}, str(exc), 0.0)
-            else:
+        try:
+            # Judged again here, on main's rules: a proposal may come from anyone.
+            if not store.is_ancestor(parent, main):
+                raise PatchError(f"parent commit {parent[:12]} is not on main")
+            judged = judge_patch(store, parent, claim.patch, config)
+        except PatchError as exc:
+            result = RunResult("invalid", None, {}, str(exc), 0.0)
+        else:
+            # The commit that runs is built before the run: nothing it writes enters it.
+            patch_commit = store.commit_tree(
+                parent, judged.tree, f"experiment {claim.experiment_id}: {claim.hypothesis}",
+                agent=lab.agent)
+            with Worktree() as tree:
+                tree.populate(store, patch_commit, harness)
                 self.say(f"running `{config.command}` for {claim.experiment_id}")
                 request = RunRequest(
                     command=config.command, workdir=tree.path, timeout=config.timeout,
@@ -111,7 +121,7 @@ class Worker:
                     tx.release(lab, claim.experiment_id, claim.attempt, "worker stopped")
                     self.say(f"released {claim.experiment_id}: worker stopped")
                     raise
-                head = self._push_branch(claim, parent, tree, touched, result)
+            head = self._push_branch(claim, patch_commit, result)
         fields = {"reason": result.reason, "branch_commit": head,
                   "runtime_s": round(result.runtime_s, 3), "backend": self.backend.name,
                   "job_id": result.job_id, "harness_hash": harness_hash(harness),
@@ -151,16 +161,9 @@ class Worker:
         return {"flavor": flavor, "job_seconds": seconds,
                 "cost_usd": seconds * float(price) if price else None}
 
-    def _push_branch(self, claim: tx.Claim, parent: str, tree: Worktree, touched: list[str],
-                     result: RunResult) -> str | None:
+    def _push_branch(self, claim: tx.Claim, patch_commit: str, result: RunResult) -> str | None:
         """Push ``autolab/exp/<id>``: the patch commit, then the result commit."""
         store = self.lab.store
-        present = {p: tree.read(p) for p in touched}
-        change = FileChange(add={p: d for p, d in present.items() if d is not None},
-                            remove=[p for p, d in present.items() if d is None])
-        patch_commit = store.make_commit(
-            parent, change, f"experiment {claim.experiment_id}: {claim.hypothesis}",
-            agent=self.lab.agent)
         lines = [f"{k}: {v:g}" for k, v in sorted(result.metrics.items())]
         message = (f"result {claim.experiment_id} attempt {claim.attempt}: {result.status}"
                    + (f" ({result.reason})" if result.reason else "")

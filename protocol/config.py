@@ -78,6 +78,7 @@ class LabConfig:
     bounds: tuple[float, float] | None = None
     floor: float | None = None
     hf_jobs: HfJobsConfig = field(default_factory=HfJobsConfig)
+    allow_binary: bool = False  # [paths] binary: patches may carry binary files
 
     def better(self, candidate: float, best: float | None) -> bool:
         """True if ``candidate`` beats ``best`` by at least ``policy.min_delta``."""
@@ -106,7 +107,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
         "floor": ((int, float), False),
     },
     "run": {"command": (str, True), "timeout": ((int, float), True), "env": (dict, False)},
-    "paths": {"editable": (list, True), "protected": (list, False)},
+    "paths": {"editable": (list, True), "protected": (list, False), "binary": (bool, False)},
     "policy": {
         "min_delta": ((int, float), False),
         "max_attempts": (int, False),
@@ -202,6 +203,8 @@ def parse_config(text: str) -> LabConfig:
                 raise _fail(f"paths.{key}", "a list of relative paths", item)
     if not paths["editable"]:
         raise _fail("paths.editable", "at least one editable path", [])
+    _check_disjoint(tuple(paths["editable"]),
+                    tuple(dict.fromkeys((*paths.get("protected", []), *ALWAYS_PROTECTED))))
     pol = Policy(
         min_delta=float(policy.get("min_delta", 0.0)),
         max_attempts=int(policy.get("max_attempts", 3)),
@@ -229,10 +232,32 @@ def parse_config(text: str) -> LabConfig:
         env=dict(env),
         editable=tuple(paths["editable"]),
         protected=tuple(paths.get("protected", [])),
+        allow_binary=bool(paths.get("binary", False)),
         policy=pol,
         knobs=_parse_knobs(raw.get("knobs", {}), tuple(paths["editable"])),
         hf_jobs=_parse_hf_jobs(values["hf_jobs"]),
     )
+
+
+def _check_disjoint(editable: tuple[str, ...], protected: tuple[str, ...]) -> None:
+    """Editable and protected patterns must not overlap: a path both editable and
+    protected would leave it to rule order whether a patch may change the harness.
+
+    Patterns are compared as paths both ways (an editable pattern that matches a
+    protected one, or the reverse), blind to case; ``.git*`` paths are never editable.
+    """
+    from autolab.protocol.patches import matches_folded
+
+    for pattern in editable:
+        sample = pattern.removesuffix("/**").rstrip("/")
+        if any(part.casefold().startswith(".git") for part in sample.split("/")):
+            raise _fail("paths.editable", "paths outside .git* files (git's own)", pattern)
+        for guarded in protected:
+            other = guarded.removesuffix("/**").rstrip("/")
+            if matches_folded(sample, (guarded,)) or matches_folded(other, (pattern,)):
+                raise ConfigError(
+                    f"{CONFIG_FILE}: paths.editable: {pattern!r} overlaps the protected "
+                    f"path {guarded!r}; list editable paths that leave it out")
 
 
 def _parse_hf_jobs(body: dict[str, Any]) -> HfJobsConfig:

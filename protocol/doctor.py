@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from autolab.protocol.config import CONFIG_FILE, parse_config
 from autolab.protocol.errors import AutoLabError, ShardError
-from autolab.protocol.reader import list_main_shards, read_view
+from autolab.protocol.reader import decode_record_ref, list_main_shards, read_view
+from autolab.protocol.records import BadRecord
 from autolab.protocol.shard_cache import read_rows
 from autolab.protocol.shards import STATE_DIR, parse_shard_path
 from autolab.protocol.store import FileChange, LabStore, Snapshot
@@ -100,15 +101,14 @@ def check(store: LabStore, snapshot: Snapshot) -> Report:
 
     for ref, commit in snapshot.records.items():
         report.records += 1
-        for path, blob in store.list_files(commit).items():
-            name = parse_shard_path(path)
-            if name is None:
-                err(ref, f"record holds a non-shard file {path}", commit)
-                continue
-            try:
-                read_rows(store, name.table, blob, path, commit)
-            except ShardError as exc:
-                err(f"{ref}:{path}", exc.reason, commit)
+        try:
+            got = decode_record_ref(store, ref, commit)
+        except ShardError as exc:
+            err(ref, exc.reason, commit)
+            continue
+        if isinstance(got, BadRecord):
+            err(ref, f"{got.reason} (not folded; `autolab doctor --fix` quarantines it)",
+                commit)
 
     if report.ok:
         try:
@@ -154,6 +154,24 @@ class _Plan:
     refused: list[str] = field(default_factory=list)
 
 
+def quarantine_records(store: LabStore, bad: dict[str, tuple[str, str]]) -> list[str]:
+    """Move record refs (ref -> (commit, why)) to ``refs/autolab-quarantine/``, each
+    only while it still holds that commit; return one line per ref moved.
+
+    The ref is freed, so the attempt it blocked can be claimed or ended validly.
+    """
+    from autolab.protocol.errors import Conflict
+
+    moved = []
+    for ref, (commit, why) in bad.items():
+        target = QUARANTINE_REFS + ref.removeprefix("refs/")
+        with contextlib.suppress(Conflict):  # already quarantined by another doctor
+            store.create_ref(target, commit)
+        if store.delete_refs({ref: commit}):
+            moved.append(f"{ref} -> {target}: {why}")
+    return moved
+
+
 def repair(store: LabStore, *, attempts: int = 8) -> Repair:
     """Repair what can be repaired without losing a row, in one compare-and-swap commit.
 
@@ -162,7 +180,8 @@ def repair(store: LabStore, *, attempts: int = 8) -> Repair:
       message says which and why.
     * Rows that appear twice (same ``event_id``, same content) keep their first copy;
       the shards holding later copies are rewritten without them.
-    * A record ref that cannot be read moves to ``refs/autolab-quarantine/...``.
+    * A record ref that cannot be read, or is not valid (:mod:`autolab.protocol.records`),
+      moves to ``refs/autolab-quarantine/...``.
 
     Refused (reported, left alone): an invalid ``autolab.toml``, a shard written by a
     newer autolab, two *different* rows with one ``event_id``. A rewritten ``main``
@@ -175,12 +194,7 @@ def repair(store: LabStore, *, attempts: int = 8) -> Repair:
         snapshot = store.refresh()
         plan = _plan(store, snapshot)
         result.refused = plan.refused
-        for ref, (commit, why) in plan.bad_refs.items():
-            target = QUARANTINE_REFS + ref.removeprefix("refs/")
-            with contextlib.suppress(Conflict):  # already quarantined by another doctor
-                store.create_ref(target, commit)
-            if store.delete_refs({ref: commit}):
-                result.moved_refs.append(f"{ref} -> {target}: {why}")
+        result.moved_refs.extend(quarantine_records(store, plan.bad_refs))
         if not plan.quarantine and not plan.rewrite:
             return result
         remove: list[str] = []
@@ -289,16 +303,11 @@ def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
         plan.rewrite[path] = (new_path, encode(table, kept), dropped)
 
     for ref, commit in snapshot.records.items():
-        for path, blob in store.list_files(commit).items():
-            name = parse_shard_path(path)
-            try:
-                if name is None:
-                    raise ShardError(path, commit, "not a shard name")
-                read_rows(store, name.table, blob, path, commit)
-            except ShardError as exc:
-                if exc.newer:
-                    plan.refused.append(f"{ref}: {exc.reason}")
-                else:
-                    plan.bad_refs[ref] = (commit, f"{path}: {exc.reason}")
-                break
+        try:
+            got = decode_record_ref(store, ref, commit)
+        except ShardError as exc:
+            plan.refused.append(f"{ref}: {exc.reason}")
+            continue
+        if isinstance(got, BadRecord):
+            plan.bad_refs[ref] = (commit, got.reason)
     return plan

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote
 
 from autolab.protocol.errors import Conflict, LabError, TransportError
 from autolab.protocol.push_spool import INVALID
@@ -44,32 +45,53 @@ def normalize_url(url: str) -> str:
     return str(Path(url).expanduser().resolve())
 
 
-def git_env(url: str = "") -> dict[str, str]:
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """``(url without credentials, "user:password" or None)`` for an ``http(s)`` URL.
+
+    Credentials written into a lab URL never reach git's argv or a config file: the
+    store keeps the bare URL (in its cache clone's config, its messages, the URLs it
+    hands to jobs) and gives the credentials to git through its environment.
+    """
+    match = re.match(r"^(https?://)([^/@]+)@(.*)$", url)
+    if match is None:
+        return url, None
+    return match[1] + match[3], match[2]
+
+
+def git_env(url: str = "", userinfo: str | None = None) -> dict[str, str]:
+    """The environment git runs with: never prompting, and with the lab host's
+    credentials (``userinfo`` from the lab URL, else a token from the environment)."""
     env = dict(os.environ)
     env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", LANG="C", GIT_ASKPASS="true")
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-    env.update(_token_auth(url))
+    env.update(_token_auth(url, userinfo))
     return env
 
 
-def _token_auth(url: str) -> dict[str, str]:
-    """HTTP basic auth from ``$AUTOLAB_GIT_TOKEN`` (or ``$HF_TOKEN`` for the Hub) as git
-    config in the environment: a token never has to be written into a lab URL, where
-    it would show up in job specs and process lists."""
-    if not url.startswith("https://") or re.match(r"https://[^/@]+@", url):
+def _token_auth(url: str, userinfo: str | None = None) -> dict[str, str]:
+    """HTTP basic auth as git config in the environment: from the lab URL's own
+    ``user:password``, else ``$AUTOLAB_GIT_TOKEN`` (or ``$HF_TOKEN`` for the Hub). A
+    credential never has to be written into a lab URL, where it would show up in job
+    specs and process lists."""
+    if not url.startswith(("https://", "http://")) or re.match(r"https?://[^/@]+@", url):
         return {}
-    token = os.environ.get("AUTOLAB_GIT_TOKEN")
-    if not token and re.match(r"https://(www\.)?huggingface\.co/", url):
-        token = os.environ.get("HF_TOKEN")
-    if not token:
-        return {}
+    if userinfo is not None:
+        user, _, password = (unquote(part) for part in userinfo.partition(":"))
+        basic_of = f"{user}:{password}"
+    else:
+        token = os.environ.get("AUTOLAB_GIT_TOKEN")
+        if not token and re.match(r"https://(www\.)?huggingface\.co/", url):
+            token = os.environ.get("HF_TOKEN")
+        if not token or not url.startswith("https://"):
+            return {}
+        basic_of = f"autolab:{token}"
     import base64
 
-    host = re.match(r"https://[^/]+/", url + "/")
+    host = re.match(r"https?://[^/]+/", url + "/")
     assert host is not None
-    basic = base64.b64encode(f"autolab:{token}".encode()).decode()
+    basic = base64.b64encode(basic_of.encode()).decode()
     count = int(os.environ.get("GIT_CONFIG_COUNT", "0") or 0)
-    # Scoped to the lab's host: the token is never sent anywhere else.
+    # Scoped to the lab's host: the credential is never sent anywhere else.
     return {"GIT_CONFIG_COUNT": str(count + 1),
             f"GIT_CONFIG_KEY_{count}": f"http.{host.group(0)}.extraHeader",
             f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {basic}"}

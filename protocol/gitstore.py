@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +35,7 @@ from pathlib import Path
 import pygit2
 from filelock import FileLock, Timeout
 
-from autolab.protocol.errors import Conflict, LabError, TransportError
+from autolab.protocol.errors import Conflict, LabError, PatchError, TransportError
 from autolab.protocol.git_cli import (
     GIT_TIMEOUT,
     LOCAL_DAMAGE,
@@ -46,10 +47,18 @@ from autolab.protocol.git_cli import (
     last_line,
     normalize_url,
     raise_for_push,
+    split_credentials,
 )
 from autolab.protocol.push_spool import PushSpool, write_atomic
 from autolab.protocol.redact import redact
-from autolab.protocol.store import MAIN, RECORD_PREFIX, FileChange, LabStore, Snapshot
+from autolab.protocol.store import (
+    MAIN,
+    RECORD_PREFIX,
+    FileChange,
+    LabStore,
+    Snapshot,
+    TreeChange,
+)
 
 _TRACK = "refs/remotes/origin/"
 class GitStore(LabStore):
@@ -63,7 +72,8 @@ class GitStore(LabStore):
     """
 
     def __init__(self, url: str, cache_dir: Path | None = None) -> None:
-        self.url = normalize_url(url)
+        # Credentials in the URL go to git through its environment only (git_cli).
+        self.url, self._userinfo = split_credentials(normalize_url(url))
         digest = hashlib.sha256(self.url.encode()).hexdigest()[:16]
         slug = re.sub(r"[^A-Za-z0-9]+", "-", self.url.rstrip("/").split("/")[-1])[:40]
         self.path = (cache_dir or cache_root()) / f"{slug}-{digest}.git"
@@ -178,7 +188,8 @@ class GitStore(LabStore):
             raise CacheDamaged(f"cache clone {where} is gone")
         try:
             proc = subprocess.run(
-                ["git", *scope, *self._options, *args], cwd=where, env=git_env(self.url),
+                ["git", *scope, *self._options, *args], cwd=where,
+                env=git_env(self.url, self._userinfo),
                 capture_output=True, text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired:
@@ -380,6 +391,62 @@ class GitStore(LabStore):
             return self.repo.get(commit) is not None
         except (ValueError, pygit2.GitError):
             return False
+
+    def apply_patch(self, parent: str, patch: str) -> str:
+        tree = self._tree(parent)
+        if not patch.strip():
+            return str(tree.id)
+        with tempfile.TemporaryDirectory(prefix="autolab-apply-") as tmp:
+            # A private index holding the parent's tree: git applies the patch to it
+            # exactly as it would to a checkout, and the result is read back as a tree.
+            index_path = os.path.join(tmp, "index")
+            index = pygit2.Index(index_path)
+            index.read_tree(tree)
+            index.write()
+            try:
+                proc = subprocess.run(
+                    ["git", "--git-dir", str(self.path), "apply", "--cached",
+                     "--whitespace=nowarn", "-"],
+                    input=patch.encode(), capture_output=True, timeout=GIT_TIMEOUT,
+                    env={**git_env(), "GIT_INDEX_FILE": index_path},
+                )
+            except subprocess.TimeoutExpired:
+                raise PatchError("patch does not apply: git apply timed out") from None
+            if proc.returncode != 0:
+                why = first_error(proc.stderr.decode(errors="replace"))
+                raise PatchError(f"patch does not apply: {why.removeprefix('error: ')}")
+            applied = pygit2.Index(index_path)
+            applied.read(True)
+            return str(applied.write_tree(self.repo))
+
+    def tree_changes(self, old: str, new: str) -> list[TreeChange]:
+        repo = self.repo
+        try:
+            a, b = repo[old].peel(pygit2.Tree), repo[new].peel(pygit2.Tree)
+        except (KeyError, ValueError):
+            raise LabError(f"{old[:12]} or {new[:12]} is not in the cache of "
+                           f"{redact(self.url)}") from None
+        out = []
+        for delta in a.diff_to_tree(b).deltas:
+            added = delta.status == pygit2.enums.DeltaStatus.ADDED
+            deleted = delta.status == pygit2.enums.DeltaStatus.DELETED
+            for path in dict.fromkeys((delta.old_file.path, delta.new_file.path)):
+                out.append(TreeChange(
+                    path,
+                    0 if added else int(delta.old_file.mode),
+                    0 if deleted else int(delta.new_file.mode),
+                    None if added else str(delta.old_file.id),
+                    None if deleted else str(delta.new_file.id)))
+        return out
+
+    def tree_of(self, commit: str) -> str:
+        return str(self._tree(commit).id)
+
+    def commit_tree(self, parent: str, tree: str, message: str, *,
+                    agent: str = "autolab") -> str:
+        who = pygit2.Signature(f"autolab {agent}"[:80], "autolab@localhost")
+        return str(self.repo.create_commit(None, who, who, message, pygit2.Oid(hex=tree),
+                                           [parent]))
 
     # -- writes ----------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
-"""Unified diffs as experiment patches: the paths they touch and a normalized hash."""
+"""Unified diffs as experiment patches: a first textual look, path rules, and a
+normalized hash."""
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
 import re
+import unicodedata
 
 from autolab.protocol.errors import PatchError
 
@@ -13,24 +15,101 @@ _DIFF_GIT = re.compile(r"^diff --git a/(\S+) b/(\S+)")
 _FILE_LINE = re.compile(r"^(?:---|\+\+\+) (?:[ab]/)?(\S+)")
 
 
-def touched_paths(patch: str) -> list[str]:
-    """Paths a unified diff touches (both sides of renames); empty for an empty patch.
+# Lines git reads as naming a path, by the header that carries them.
+_PATH_HEADERS = re.compile(
+    r"^(?:diff --git (?P<pair>.*)|(?:---|\+\+\+) (?P<side>\S+)(?:\t.*)?"
+    r"|(?:rename|copy) (?:from|to) (?P<move>.*))$"
+)
+_HUNK = re.compile(r"^@@ -\d+(?:,(?P<old>\d+))? \+\d+(?:,(?P<new>\d+))? @@")
+_BINARY = re.compile(r"^(?:GIT binary patch|Binary files .* differ)$")
+
+
+def header_paths(patch: str) -> list[str]:
+    """Paths named by a diff's headers (``diff --git``, ``---``/``+++``, rename and copy
+    lines), with a leading ``a/`` or ``b/`` dropped; empty for an empty patch.
+
+    This is only a first, textual look: what a patch does is judged on the tree git
+    makes of it (:func:`autolab.protocol.patch_judge.judge_patch`).
 
     Raises:
-        PatchError: non-empty text that is not a unified diff.
+        PatchError: non-empty text that is not a diff.
     """
     paths: list[str] = []
+    old = new = 0  # lines left in the current hunk: its body is content, not headers
     for line in patch.splitlines():
-        match = _DIFF_GIT.match(line)
-        if match:
-            paths.extend(match.groups())
+        if old > 0 or new > 0:
+            if line.startswith(" ") or line == "":
+                old, new = old - 1, new - 1
+            elif line.startswith("-"):
+                old -= 1
+            elif line.startswith("+"):
+                new -= 1
+            elif not line.startswith("\\"):
+                old = new = 0  # a short hunk: read the line as a header
+            if old > 0 or new > 0 or line[:1] in (" ", "-", "+", "\\", ""):
+                continue
+        hunk = _HUNK.match(line)
+        if hunk:
+            old = int(hunk["old"]) if hunk["old"] is not None else 1
+            new = int(hunk["new"]) if hunk["new"] is not None else 1
             continue
-        match = _FILE_LINE.match(line)
-        if match and match[1] != "/dev/null":
-            paths.append(match[1])
+        match = _PATH_HEADERS.match(line)
+        if not match:
+            continue
+        if match["pair"] is not None:
+            paths.extend(match["pair"].split(" "))
+        elif match["side"] is not None:
+            paths.append(match["side"])
+        else:
+            paths.append(match["move"])
+    paths = [p for p in paths if p and p != "/dev/null"]
     if patch.strip() and not paths:
         raise PatchError("patch is not a unified diff (no file headers found)")
-    return list(dict.fromkeys(paths))
+    return list(dict.fromkeys(p[2:] if p[:2] in ("a/", "b/") else p for p in paths))
+
+
+def precheck_patch(patch: str, *, allow_binary: bool = False) -> None:
+    """Refuse, before git reads it, a patch that is too large, not a diff, binary (unless
+    the lab allows it), or that names a path in a form tools read differently.
+
+    Raises:
+        PatchError: one line naming the rule (and the path, where there is one).
+    """
+    size = len(patch.encode())
+    if size > MAX_PATCH_BYTES:
+        raise PatchError(f"patch is {size} bytes; the limit is {MAX_PATCH_BYTES}")
+    if "\0" in patch:
+        raise PatchError("patch contains NUL bytes")
+    for path in header_paths(patch):
+        why = noncanonical(path)
+        if why:
+            raise PatchError(f"patch names {path!r}: {why}")
+    if not allow_binary and any(_BINARY.match(line) for line in patch.splitlines()):
+        raise PatchError("patch is binary; this lab allows only text patches "
+                         "(paths.binary = true allows them)")
+
+
+def noncanonical(path: str) -> str | None:
+    """Why ``path`` is not a canonical repository path (None: it is)."""
+    if path.startswith('"'):
+        return "quoted paths (special characters) are not accepted"
+    if path.startswith("/"):
+        return "absolute paths are not accepted"
+    if "\\" in path:
+        return "backslashes are not accepted in paths"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "control characters are not accepted in paths"
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            return "empty, '.' and '..' path components are not accepted"
+        if part != part.rstrip(". "):
+            return "path components ending in a dot or a space are not accepted"
+    return None
+
+
+def fold_case(path: str) -> str:
+    """``path`` as case-insensitive, normalizing file systems store it (macOS, Windows)."""
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 def matches(path: str, patterns: tuple[str, ...] | list[str]) -> bool:
@@ -45,21 +124,10 @@ def matches(path: str, patterns: tuple[str, ...] | list[str]) -> bool:
     return False
 
 
-def check_patch(patch: str, editable: tuple[str, ...], protected: tuple[str, ...]) -> list[str]:
-    """Validate a patch against the lab's paths; return the paths it touches.
-
-    Raises:
-        PatchError: oversized, not a diff, touching a protected or non-editable path.
-    """
-    if len(patch.encode()) > MAX_PATCH_BYTES:
-        raise PatchError(f"patch is {len(patch.encode())} bytes; the limit is {MAX_PATCH_BYTES}")
-    paths = touched_paths(patch)
-    for path in paths:
-        if matches(path, protected):
-            raise PatchError(f"patch touches protected path {path}")
-        if not matches(path, editable):
-            raise PatchError(f"patch touches {path}, which is not an editable path")
-    return paths
+def matches_folded(path: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    """:func:`matches`, blind to case and Unicode normalization: a path a
+    case-insensitive file system would store as a protected one counts as protected."""
+    return matches(fold_case(path), [fold_case(p) for p in patterns])
 
 
 def normalized_hash(patch: str) -> str:

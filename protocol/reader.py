@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from autolab.protocol.config import CONFIG_FILE, LabConfig, parse_config
 from autolab.protocol.errors import ConfigError, LabError, ShardError
 from autolab.protocol.main_fold import MainFold, fold_main
+from autolab.protocol.records import BadRecord, record_problem
 from autolab.protocol.schemas import TABLES
 from autolab.protocol.shard_cache import CACHE_SIZE, read_rows, read_table, row_dicts
 from autolab.protocol.shards import STATE_DIR, ShardName, parse_shard_path
@@ -56,6 +57,7 @@ class LabView:
     records: list[Record]
     _fold: MainFold = field(repr=False)
     _pending_rows: dict[str, list[dict[str, Any]]] = field(repr=False)
+    quarantined: list[BadRecord] = field(default_factory=list)  # records left unfolded
 
     @property
     def main(self) -> str:
@@ -195,6 +197,27 @@ def _record_files(store: LabStore, ref: str, commit: str
     return _records[commit]
 
 
+def decode_record_ref(store: LabStore, ref: str, commit: str
+                      ) -> tuple[tuple[tuple[ShardName, str], ...],
+                                 list[tuple[ShardName, list[dict[str, Any]]]]] | BadRecord:
+    """A record ref's files and decoded rows, or why it must not be folded.
+
+    Raises:
+        ShardError: only for a record written by a newer autolab (this one must not
+            guess what it means); anything else wrong is a :class:`BadRecord`.
+    """
+    try:
+        shards = _record_files(store, ref, commit)
+        rows = [(name, read_rows(store, name.table, blob, name.path, commit))
+                for name, blob in shards]
+    except ShardError as exc:
+        if exc.newer:
+            raise
+        return BadRecord(ref, commit, exc.reason)
+    why = record_problem(ref, rows)
+    return BadRecord(ref, commit, why) if why else (shards, rows)
+
+
 _KIND_RANK = {"claims": 0, "results": 1}
 
 
@@ -217,18 +240,21 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
     main_shards, max_seq = _list_main_shards(store, main)
     main_fold = fold_main(store, main, main_shards, max_seq)
 
-    listed = []
+    listed, quarantined = [], []
     for ref, commit in snapshot.records.items():
-        listed.append((_causal_key(ref), ref, commit, _record_files(store, ref, commit)))
-    listed.sort()
-    decoded = [[(name, read_rows(store, name.table, blob, name.path, commit))
-                for name, blob in shards] for _, _, commit, shards in listed]
+        got = decode_record_ref(store, ref, commit)
+        if isinstance(got, BadRecord):
+            quarantined.append(got)
+        else:
+            listed.append((_causal_key(ref), ref, commit, *got))
+    listed.sort(key=lambda item: item[:3])
+    decoded = [[(name, rows) for name, rows in item[4]] for item in listed]
     on_main = main_fold.which_on_main([row["event_id"] for shards in decoded
                                        for _, rows in shards for row in rows])
     records: list[Record] = []
     pending: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
-    for index, ((_, ref, commit, shards), shard_rows) in enumerate(zip(listed, decoded,
-                                                                      strict=True)):
+    for index, ((_, ref, commit, shards, _rows), shard_rows) in enumerate(
+            zip(listed, decoded, strict=True)):
         ids: set[str] = set()
         fresh = False
         for name, rows in shard_rows:
@@ -238,4 +264,4 @@ def read_view(store: LabStore, snapshot: Snapshot) -> LabView:
                     fresh = True
                     pending[name.table].append({**row, "_order": (1, index, i)})
         records.append(Record(ref, commit, shards, frozenset(ids), on_main=not fresh))
-    return LabView(store, snapshot, main_shards, records, main_fold, pending)
+    return LabView(store, snapshot, main_shards, records, main_fold, pending, quarantined)

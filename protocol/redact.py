@@ -6,7 +6,9 @@ import os
 import re
 
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<cred>[^/@\s]+)@")
-_TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
+# Token formats of the hosts labs live on: Hugging Face, GitHub, GitLab.
+_TOKEN_LIKE = re.compile(r"\b(?P<kind>hf_|ghp_|gho_|ghs_|ghu_|github_pat_|glpat-)"
+                         r"[A-Za-z0-9_-]{8,}")
 _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GIT_PASSWORD", "GITHUB_TOKEN",
                "AUTOLAB_GIT_TOKEN")
 
@@ -14,7 +16,7 @@ _SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GIT_PASSWORD", "GITHUB_TOK
 def redact(text: str) -> str:
     """Return ``text`` with URL credentials, HF tokens and known secret values masked."""
     text = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}***@", text)
-    text = _TOKEN_LIKE.sub("hf_***", text)
+    text = _TOKEN_LIKE.sub(lambda m: f"{m['kind']}***", text)
     for name in _SECRET_ENV:
         value = os.environ.get(name)
         if value and len(value) >= 6:

@@ -275,6 +275,9 @@ def decode_record(table: str, payload: bytes, path: str, commit: str) -> list[di
                     value = datetime.fromisoformat(value)
                 except (TypeError, ValueError):
                     raise ShardError(path, commit, f"{field.name} is not a timestamp") from None
+                if value.utcoffset() is None:
+                    # A naive time compares with nothing: it would crash every reaper.
+                    raise ShardError(path, commit, f"{field.name} has no UTC offset")
             full[field.name] = value
         if not isinstance(full["event_id"], str):
             raise ShardError(path, commit, "rows without event_id")

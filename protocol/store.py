@@ -38,6 +38,17 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class TreeChange:
+    """One path that differs between two trees, as git records it (mode 0: absent)."""
+
+    path: str
+    old_mode: int
+    new_mode: int
+    old_blob: str | None
+    new_blob: str | None
+
+
+@dataclass(frozen=True)
 class FileChange:
     """Files to add (path -> bytes) and remove (paths) in a new commit."""
 
@@ -92,6 +103,31 @@ class LabStore(ABC):
         agent: str = "autolab",
     ) -> str:
         """Build a commit in the store's object database without touching any ref."""
+
+    @abstractmethod
+    def apply_patch(self, parent: str, patch: str) -> str:
+        """The tree ``git apply --cached`` makes of ``parent``'s tree and ``patch``.
+
+        This is git's own reading of the patch: whatever paths, modes and contents git
+        would write are what the returned tree holds, and what the patch is judged by.
+
+        Raises:
+            PatchError: git refuses the patch (one line: git's first error).
+        """
+
+    @abstractmethod
+    def tree_changes(self, old: str, new: str) -> list[TreeChange]:
+        """Every path (blobs, links and gitlinks) that differs between two trees or
+        commits, without rename detection: a rename is a deletion and an addition."""
+
+    @abstractmethod
+    def commit_tree(self, parent: str, tree: str, message: str, *,
+                    agent: str = "autolab") -> str:
+        """Build a commit of ``tree`` on ``parent`` without touching any ref."""
+
+    @abstractmethod
+    def tree_of(self, commit: str) -> str:
+        """The tree id of ``commit``."""
 
     @abstractmethod
     def cas_main(self, new: str, expected: str) -> None:

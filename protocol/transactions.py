@@ -16,8 +16,10 @@ from typing import Any
 
 from autolab.protocol.errors import AutoLabError, Conflict, NothingToDo, ResultMismatch
 from autolab.protocol.lab import Lab, MainChange, now, record_ref
-from autolab.protocol.patches import check_patch, matches, normalized_hash
+from autolab.protocol.patch_judge import judge_patch, promotable, result_commit_problem
+from autolab.protocol.patches import normalized_hash
 from autolab.protocol.reader import LabView
+from autolab.protocol.redact import redact
 from autolab.protocol.schemas import SCORE_STATUSES, TABLES
 from autolab.protocol.shards import encode, new_shard_name, parse_shard_path
 from autolab.protocol.state import Experiment
@@ -46,7 +48,8 @@ def propose(lab: Lab, proposals: list[Proposal]) -> list[str | None]:
 
     A proposal whose normalized patch hash matches any experiment that has not failed
     (or an earlier proposal of the same batch) is dropped. Raises PatchError for a
-    patch that is not a diff, is too large, or touches a protected or non-editable path.
+    patch that is not a diff, is too large, does not apply to ``main``, or (as git
+    applies it) writes anything but editable paths (:mod:`autolab.protocol.patch_judge`).
     """
 
     def decide(view: LabView) -> MainChange | None:
@@ -56,7 +59,7 @@ def propose(lab: Lab, proposals: list[Proposal]) -> list[str | None]:
         ids: list[str | None] = []
         rows = []
         for p in proposals:
-            check_patch(p.patch, config.editable, config.all_protected)
+            judge_patch(lab.store, view.main, p.patch, config)
             digest = normalized_hash(p.patch)
             if digest in seen:
                 ids.append(None)
@@ -203,6 +206,9 @@ def make_score(experiment_id: str, attempt: int, *, status: str, metric: float |
         metric = None
     clean = {k: float(v) for k, v in (metrics or {}).items()
              if isinstance(v, (int, float)) and math.isfinite(v)}
+    if extra.get("reason"):
+        # Reasons land on main (often a run's last line): never a credential there.
+        extra["reason"] = redact(str(extra["reason"]))
     row = {"experiment_id": experiment_id, "attempt": attempt, "status": status,
            "metric": metric, "metrics": clean, "late": False, **extra}
     row.setdefault("finished_at", now())
@@ -224,17 +230,47 @@ def claimed_experiment(view: LabView, experiment_id: str, attempt: int) -> Exper
     return exp
 
 
-def submit(lab: Lab, score: dict[str, Any]) -> SubmitResult:
+def claimant(view: LabView, experiment_id: str, attempt: int) -> str | None:
+    """The agent whose claim of ``attempt`` counted (None: never claimed)."""
+    exp = view.state.experiments.get(experiment_id)
+    if exp is not None and exp.attempt == attempt and exp.state == "claimed":
+        return exp.agent
+    import pyarrow.compute as pc
+
+    queue = view.table("queue", lean=True)
+    claims = queue.filter(pc.and_(pc.and_(pc.equal(queue.column("event"), "claimed"),
+                                          pc.equal(queue.column("experiment_id"),
+                                                   experiment_id)),
+                                  pc.equal(queue.column("attempt"), attempt)))
+    # The first claim of an attempt wins (the fold's rule); later ones were ignored.
+    agents = claims.column("agent").to_pylist()
+    return agents[0] if agents else None
+
+
+def submit(lab: Lab, score: dict[str, Any], *, claimant_only: bool = False) -> SubmitResult:
     """Record a finished attempt's score. Idempotent per (experiment, attempt).
+
+    Args:
+        claimant_only: refuse unless this agent holds (or held) the attempt: what the
+            ``autolab submit`` primitive demands of whoever calls it. Agents that
+            settle another's attempt on evidence of their own (a reaper reading a
+            finished job's logs) leave it off.
 
     Raises:
         ResultMismatch: a different result is already recorded for this attempt.
-        AutoLabError: the experiment is unknown or the attempt was never claimed.
+        AutoLabError: the experiment is unknown, the attempt was never claimed, or
+            (``claimant_only``) another agent claimed it.
     """
     eid, attempt, digest = score["experiment_id"], score["attempt"], score["result_digest"]
     for _ in lab.backoff.delays():
         view = lab.read()
         exp = claimed_experiment(view, eid, attempt)
+        if claimant_only:
+            holder = claimant(view, eid, attempt)
+            if holder != lab.agent:
+                raise AutoLabError(f"experiment {eid} attempt {attempt} was claimed by "
+                                   f"{holder}, not by {lab.agent}: only its claimant may "
+                                   "submit its result")
         for existing in view.state.scores_for(eid, attempt):
             if existing["result_digest"] == digest:
                 return SubmitResult("duplicate", eid, attempt, existing["late"])
@@ -283,6 +319,7 @@ class Reaped:
 
 def _end_attempt(lab: Lab, experiment_id: str, attempt: int, event: str, reason: str, *,
                  cost_usd: float | None = None) -> bool:
+    reason = redact(reason)
     row = {"experiment_id": experiment_id, "event": event, "attempt": attempt,
            "at": now(), "reason": reason, "cost_usd": cost_usd}
     try:
@@ -346,7 +383,7 @@ def cancel(lab: Lab, experiment_id: str, reason: str) -> bool:
         if exp.terminal:
             return None
         row = {"experiment_id": experiment_id, "event": "cancelled", "at": now(),
-               "reason": reason, "attempt": exp.attempt or None}
+               "reason": redact(reason), "attempt": exp.attempt or None}
         return MainChange(message=f"cancel {experiment_id}: {reason}", rows={"queue": [row]},
                           result=True)
 
@@ -382,12 +419,15 @@ def promotion_blocker(view: LabView, experiment_id: str) -> str | None:
         return f"result status is {result['status']}"
     if not result.get("branch_commit"):
         return "result has no branch commit"
-    if result.get("harness_hash"):
-        from autolab.protocol.harness import harness_files, harness_hash
+    if not math.isfinite(result["metric"]):
+        return f"result metric is {result['metric']}"
+    if not result.get("harness_hash"):
+        return "result records no harness hash"
+    from autolab.protocol.harness import harness_files, harness_hash
 
-        current = harness_hash(harness_files(view.store, view.main, view.config))
-        if result["harness_hash"] != current:
-            return "its harness hash differs from the harness on main"
+    current = harness_hash(harness_files(view.store, view.main, view.config))
+    if result["harness_hash"] != current:
+        return "its harness hash differs from the harness on main"
     config, best = view.config, view.state.best_metric
     if not config.better(result["metric"], best):
         return (f"{config.metric} {result['metric']:.6g} does not beat the best {best:.6g} "
@@ -403,6 +443,7 @@ def promote(lab: Lab, experiment_id: str) -> Promotion:
     """
     outcome = Promotion(experiment_id, promoted=False)
     fetched: set[str] = set()
+    checked: dict[str, str] = {}  # head -> why it is not parent + patch ("" if it is)
 
     def decide(view: LabView) -> MainChange | None:
         blocker = promotion_blocker(view, experiment_id)
@@ -418,10 +459,23 @@ def promote(lab: Lab, experiment_id: str) -> Promotion:
                 outcome.reason = (f"result commit {head[:12]} is not on branch "
                                   f"{branch_name(experiment_id)}")
                 return None
-            fetched.add(head)
-        editable = view.config.editable
-        theirs = {p: b for p, b in lab.store.list_files(head).items() if matches(p, editable)}
-        ours = [p for p in lab.store.list_files(view.main) if matches(p, editable)]
+        fetched.add(head)
+        exp = view.state.experiments[experiment_id]
+        config = view.config
+        problem = checked.get(head)
+        if problem is None:
+            problem = checked[head] = result_commit_problem(
+                lab.store, exp.parent_commit, exp.patch, head, config) or ""
+        if problem:
+            outcome.reason = problem
+            return None
+        if lab.store.is_ancestor(head, view.main):
+            outcome.reason = f"result commit {head[:12]} is already on main"
+            return None
+        # Only the experiment's editable files travel: never the harness, the lab's
+        # state or git's own files, whatever the branch holds.
+        theirs = {p: b for p, b in lab.store.list_files(head).items() if promotable(p, config)}
+        ours = [p for p in lab.store.list_files(view.main) if promotable(p, config)]
         previous = view.state.best_metric
         outcome.metric, outcome.previous = result["metric"], previous
         row = {"experiment_id": experiment_id, "event": "promoted", "at": now(),

@@ -20,6 +20,7 @@ Shape (``--json``)::
      "failures": {str: int},
      "failure_reasons": [{"kind": str, "reason": str | null, "count": int}],
      "pending_records": int, "promotions": int, "anomalies": int,
+     "quarantined_records": [{"ref": str, "commit": str, "reason": str}],
      "spend": {"total_usd": float, "priced_runs": int, "budget_usd": float | null,
                "left_usd": float | null,
                "per_experiment": [{"experiment_id": str, "cost_usd": float, "runs": int,
@@ -37,7 +38,9 @@ while there is room: ``best - floor`` for a min metric, ``floor - best`` for max
 not ``ok`` (``crash``, ``timeout``, ``invalid``), or ``failed`` for an experiment whose
 attempts ran out (leases expired ``max_attempts`` times); ``failure_reasons`` gives
 the most common reasons, word for word. ``spend`` is what runs on paid compute cost
-(:mod:`autolab.scoreboard.spend`). Times are ISO 8601 strings.
+(:mod:`autolab.scoreboard.spend`). ``quarantined_records`` are record refs left out of
+the fold as invalid (:mod:`autolab.protocol.records`) until ``autolab doctor --fix`` or
+a reporter moves them aside. Times are ISO 8601 strings.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ def status(view: LabView, *, recent: int = 10) -> dict[str, Any]:
         "failures": failures, "failure_reasons": reasons,
         "pending_records": len(view.pending), "promotions": promotions.num_rows,
         "anomalies": folded.anomalies.num_rows,
+        "quarantined_records": [{"ref": b.ref, "commit": b.commit, "reason": redact(b.reason)}
+                                for b in view.quarantined],
         "spend": spend(view),
     }
 

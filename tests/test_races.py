@@ -15,7 +15,7 @@ import pytest
 from autolab.protocol import transactions as tx
 from autolab.protocol.lab import Lab
 
-from .helpers import propose_x, push_branch
+from .helpers import main_harness_hash, propose_x, push_branch
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ def test_two_processes_promote_at_once_main_ends_with_the_better(remote, tmp_pat
     for eid, x in (("0001", 2.0), ("0002", 2.5)):
         heads[eid] = push_branch(lab, eid, x)
         score = tx.make_score(eid, claims[eid].attempt, status="ok", metric=(x - 3) ** 2,
-                              branch_commit=heads[eid])
+                              branch_commit=heads[eid], harness_hash=main_harness_hash(lab))
         tx.submit(lab, score)
     order = ["0002", "0001"] if better_first else ["0001", "0002"]
     ctx = mp.get_context("spawn")

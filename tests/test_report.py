@@ -22,7 +22,7 @@ from autolab.scoreboard import figures
 from autolab.scoreboard import report as rep
 
 from .conftest import knob_patch_text, run_cli
-from .helpers import propose_x, push_branch
+from .helpers import main_harness_hash, propose_x, push_branch
 
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
 EVIL = '<script>alert("pwned")</script> & X nearer 3, "quoted"'
@@ -49,6 +49,7 @@ def _run(lab: Lab, eid: str, x: float, start_min: float, minutes: float, *,
     score = tx.make_score(
         eid, won.attempt, status=status, metric=(x - 3) ** 2 if ok else None, reason=reason,
         branch_commit=push_branch(lab, eid, x) if ok else None, runtime_s=minutes * 60,
+        harness_hash=main_harness_hash(lab) if ok else None,
         started_at=started, finished_at=started + timedelta(minutes=minutes), agent=lab.agent)
     assert tx.submit(lab, score).outcome == "recorded"
     if ok:

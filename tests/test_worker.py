@@ -49,7 +49,8 @@ def test_each_failure_is_recorded_with_a_reason_and_the_worker_goes_on(faulty_la
                          "-this line is not in the file\n+neither is this\n")
     proc = run_cli("propose", "--lab", url, "--hypothesis", "does not apply", "--patch",
                    str(bad_patch), "--json")
-    ids["noapply"] = proc.stdout.split('"experiment_id": "')[1].split('"')[0]
+    # git's own reading decides, at propose already: nothing unrunnable is enqueued.
+    assert proc.returncode == 1 and "patch does not apply" in proc.stderr, proc.stderr
 
     work = run_cli("worker", "--lab", url, env={"SECRET_TOKEN": "hunter2"})
     assert work.returncode == 0, work.stderr + work.stdout
@@ -57,13 +58,12 @@ def test_each_failure_is_recorded_with_a_reason_and_the_worker_goes_on(faulty_la
     result = {k: state.experiments[v].result for k, v in ids.items()}
     assert {k: r["status"] for k, r in result.items()} == {
         "crash": "crash", "hang": "timeout", "nometric": "invalid", "nan": "invalid",
-        "outside": "invalid", "env": "ok", "good": "ok", "noapply": "invalid"}
+        "outside": "invalid", "env": "ok", "good": "ok"}
     assert "boom" in result["crash"]["reason"]
     assert "timeout" in result["hang"]["reason"]
     assert "no score" in result["nometric"]["reason"]
     assert "nan" in result["nan"]["reason"]
     assert "outside the lab's bounds" in result["outside"]["reason"]
-    assert "does not apply" in result["noapply"]["reason"]
     assert result["env"]["metric"] == 0.0  # the run saw none of the worker's secrets
     assert result["good"]["metric"] == 1.0
     assert result["hang"]["runtime_s"] < 15  # killed at the timeout, with its group

@@ -1,14 +1,17 @@
 """The local backend: the experiment command as a subprocess of this machine.
 
-The command runs in its own process group with a clean environment (only what the
-lab config allows plus the basics a program needs), its output goes to a log file
-capped in size, and the whole group is killed on timeout, after every run, and when
-the worker itself dies (:mod:`autolab.agents.backends.run_guard`).
+The command runs under a guard (:mod:`autolab.agents.backends.run_guard`), in its own
+process group and, where the machine allows, its own namespaces
+(:mod:`autolab.agents.backends.sandbox`), with a clean environment (only what the
+lab config allows plus the basics a program needs). Its output goes to a log file
+capped in size, and everything it started is ended on timeout, after every run, and
+when the worker itself dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -19,11 +22,13 @@ from collections import deque
 from pathlib import Path
 
 from autolab.agents.backends.base import Backend, RunRequest, RunResult
+from autolab.agents.backends.sandbox import GUARD, guard_options
 from autolab.agents.summary import classify, parse_summary
+from autolab.protocol.errors import AutoLabError
 
-# Runs the command and kills its process group if this worker dies (even by SIGKILL).
-_GUARD = Path(__file__).with_name("run_guard.py")
 LOG_CAP_BYTES = 20 * 1024 * 1024
+# The guard gives a stopped run 3 s to exit, then ends the rest: wait a little longer.
+_STOP_GRACE = 5.0
 _TAIL_BYTES = 256 * 1024  # the end of the output, kept to parse the summary block
 # Variables a program needs to start at all; everything else must be granted by the
 # lab's [run.env] table.
@@ -63,10 +68,15 @@ class LocalBackend(Backend):
     def run(self, request: RunRequest) -> RunResult:
         log_path = request.log_path or request.workdir / "run.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            options = guard_options(request.workdir)
+        except AutoLabError as exc:
+            return RunResult("crash", None, {}, str(exc), 0.0, log_path)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-I", "-S", str(_GUARD), str(os.getpid()), request.command],
+                [sys.executable, "-I", "-S", str(GUARD), str(os.getpid()), request.command,
+                 json.dumps(options)],
                 cwd=request.workdir, env=clean_env(request.env),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -113,11 +123,14 @@ def _group_alive(pgid: int) -> bool:
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """End the run's whole process group: SIGTERM, then SIGKILL whatever lingers."""
+    """End the run: SIGTERM to its group, time for the guard to end everything the run
+    started (it sweeps, or its namespace ends), then SIGKILL whatever lingers."""
     if proc.poll() is None or _group_alive(proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 3.0
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=_STOP_GRACE)
+        deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline and _group_alive(proc.pid):
             time.sleep(0.05)
     if _group_alive(proc.pid):

@@ -80,6 +80,10 @@ def worker(
     --once runs at most one (exit code 3 if there was none). With --backend hf-jobs,
     each claim is launched as a Hugging Face Job running `autolab run`, and the worker
     moves on at once (--detach); flags override the lab's [hf_jobs] settings.
+
+    Local runs are contained: $AUTOLAB_SANDBOX=auto (default) puts each in its own
+    namespaces where Linux allows it, =namespaces requires that, =none only sweeps
+    the run's process tree (docs/security.md).
     """
     from autolab.agents.backends.local import LocalBackend
     from autolab.agents.worker import Stopped, Worker
@@ -102,6 +106,10 @@ def worker(
     logs = log_dir or Path(the_lab.store.path).with_suffix(".logs")
     work = Worker(the_lab, LocalBackend(), logs, say=_say(f"worker {the_lab.agent}"))
     _stop_on_sigterm()
+    from autolab.agents.backends import sandbox
+
+    sandbox.mode()  # fails now, not at the first run, if namespaces are required
+    work.say(sandbox.describe())
     try:
         work.recover()
         if once:

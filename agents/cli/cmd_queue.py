@@ -86,11 +86,17 @@ def submit(
     status: Annotated[str | None, typer.Option(help="ok|crash|timeout|invalid (default: from "
                                                "the metrics).")] = None,
     reason: Annotated[str | None, typer.Option(help="Why it failed, if it did.")] = None,
-    branch_commit: Annotated[str | None, typer.Option(help="Head of autolab/exp/<id>.")] = None,
+    branch_commit: Annotated[str | None, typer.Option(
+        help="The measured commit, on autolab/exp/<id>: the experiment's parent plus "
+             "exactly its patch (checked).")] = None,
     runtime: Annotated[float | None, typer.Option(help="Run time in seconds.")] = None,
     lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Record the score of a claimed attempt (idempotent per experiment and attempt)."""
+    """Record the score of an attempt you claimed (idempotent per experiment and attempt).
+
+    Only the attempt's claimant (the same --agent) may submit; a --branch-commit must
+    be the experiment's parent plus exactly its patch, on autolab/exp/<id>.
+    """
     from autolab.agents.summary import classify, parse_summary, read_metrics_file
     from autolab.protocol.errors import AutoLabError
     from autolab.protocol.transactions import make_score
@@ -104,17 +110,43 @@ def submit(
     except (OSError, ValueError) as exc:
         raise AutoLabError(str(exc)) from None
     the_lab = open_lab(lab, agent)
-    config = the_lab.read().config
+    view = the_lab.read()
+    config = view.config
     found, value, why = classify(metrics, config.metric, config.bounds)
+    if branch_commit is not None:
+        _check_branch_commit(the_lab, view, experiment, branch_commit)
+    from autolab.protocol.harness import harness_files, harness_hash
+
     score = make_score(experiment, attempt, status=status or found, metric=value,
                        metrics=metrics, reason=reason or why, branch_commit=branch_commit,
-                       runtime_s=runtime, backend="manual", agent=the_lab.agent)
-    result = do_submit(the_lab, score)
+                       runtime_s=runtime, backend="manual", agent=the_lab.agent,
+                       harness_hash=harness_hash(harness_files(view.store, view.main, config)))
+    result = do_submit(the_lab, score, claimant_only=True)
     if as_json:
         print_json(result.__dict__)
     else:
         typer.echo(f"{result.outcome}: {experiment} attempt {attempt} "
                    f"{score['status']} {config.metric}={value}")
+
+
+def _check_branch_commit(the_lab, view, experiment: str, commit: str) -> None:  # type: ignore[no-untyped-def]
+    """``commit`` must be on the experiment's branch and be its parent plus its patch."""
+    from autolab.protocol.errors import AutoLabError
+    from autolab.protocol.patch_judge import result_commit_problem
+    from autolab.protocol.transactions import branch_name
+
+    exp = view.state.experiments.get(experiment)
+    if exp is None:
+        raise AutoLabError(f"unknown experiment {experiment}")
+    store = the_lab.store
+    branch = branch_name(experiment)
+    head = store.fetch_ref(f"refs/heads/{branch}")
+    if head is None or not (head == commit or store.is_ancestor(commit, head)):
+        raise AutoLabError(f"--branch-commit {commit[:12]} is not on {branch}; push it there "
+                           "first")
+    problem = result_commit_problem(store, exp.parent_commit, exp.patch, commit, view.config)
+    if problem:
+        raise AutoLabError(f"--branch-commit: {problem}")
 
 
 def promote(experiment: Annotated[str, typer.Argument(help="Experiment id.")],

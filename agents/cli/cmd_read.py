@@ -55,6 +55,13 @@ def status(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
     console.print(f"queue depth {data['queue_depth']}; {data['experiments']} experiments "
                   f"({counts}); {data['promotions']} promotions; "
                   f"{data['pending_records']} records pending")
+    if data["quarantined_records"]:
+        from rich.markup import escape
+
+        for bad in data["quarantined_records"]:
+            console.print(f"[red]invalid record[/] {escape(bad['ref'])} @ {bad['commit'][:12]}: "
+                          f"{escape(bad['reason'])} (not folded; `autolab doctor --fix` "
+                          "quarantines it)", highlight=False)
     best = data["best"]
     if best:
         line = f"best: {best['experiment_id']} {data['metric']} = {fmt(best['metric'])}"
