@@ -29,6 +29,7 @@ from autolab.protocol.config import LabConfig
 from autolab.protocol.errors import PatchError
 from autolab.protocol.patches import (
     fold_case,
+    header_paths,
     matches,
     matches_folded,
     noncanonical,
@@ -112,6 +113,10 @@ def judge_patch(store: LabStore, parent: str, patch: str, config: LabConfig) -> 
             (naming the path and the rule).
     """
     precheck_patch(patch, allow_binary=config.allow_binary)
+    for path in header_paths(patch):  # the diff's own words first: the clearest refusal
+        why = path_rule(path, config)
+        if why:
+            raise PatchError(f"patch refused: {path}: {why}")
     key = (store.url, parent, hashlib.sha256(patch.encode()).hexdigest())
     hit = _applied.get(key)
     if hit is None:

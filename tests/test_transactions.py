@@ -19,17 +19,19 @@ def test_propose_dedups_by_normalized_patch(remote):
     lab = Lab.open(remote.url, "planner")
     assert propose_x(lab, 1.0, 2.0) == ["0001", "0002"]
     assert propose_x(lab, 2.0, 4.0) == [None, "0003"]  # 2.0 is a duplicate
-    # The same edit with other context and line numbers is still a duplicate.
-    patch = "--- a/experiment.py\n+++ b/experiment.py\n@@ -9,1 +9,1 @@\n-X = 0.0\n+X = 1.0\n"
+    # The same edit with other context and line numbers (git finds it at an offset) is
+    # still a duplicate.
+    patch = ("--- a/experiment.py\n+++ b/experiment.py\n@@ -9,3 +9,3 @@\n \n-X = 0.0\n+X = 1.0\n"
+             " \n")
     assert tx.propose(lab, [tx.Proposal("again", patch)]) == [None]
     state = lab.read().state
     assert [e.state for e in state.experiments.values()] == ["queued"] * 3
 
 
 @pytest.mark.parametrize("patch, match", [
-    ("--- a/program.md\n+++ b/program.md\n@@ -1 +1 @@\n-a\n+b\n", "protected path program.md"),
+    ("--- a/program.md\n+++ b/program.md\n@@ -1 +1 @@\n-a\n+b\n", "program.md: protected path"),
     ("--- a/autolab.toml\n+++ b/autolab.toml\n@@ -1 +1 @@\n-a\n+b\n", "protected"),
-    ("--- a/.autolab/queue/x\n+++ b/.autolab/queue/x\n@@ -1 +1 @@\n-a\n+b\n", "protected"),
+    ("--- a/.autolab/queue/x\n+++ b/.autolab/queue/x\n@@ -1 +1 @@\n-a\n+b\n", "state"),
     ("--- a/other.py\n+++ b/other.py\n@@ -1 +1 @@\n-a\n+b\n", "not an editable path"),
     ("just some text", "not a unified diff"),
     ("--- a/experiment.py\n+++ b/experiment.py\n@@ -1 +1 @@\n-a\n+" + "x" * 300_000 + "\n",
