@@ -25,6 +25,7 @@ from autolab.protocol.errors import Conflict, NothingToDo, PatchError
 from autolab.protocol.harness import harness_files, harness_hash
 from autolab.protocol.lab import Lab, now
 from autolab.protocol.patch_judge import judge_patch
+from autolab.protocol.redact import redact
 from autolab.protocol.store import FileChange
 
 # A job's running time is counted from this process's start (when it runs in a job).
@@ -166,7 +167,7 @@ class Worker:
         store = self.lab.store
         lines = [f"{k}: {v:g}" for k, v in sorted(result.metrics.items())]
         message = (f"result {claim.experiment_id} attempt {claim.attempt}: {result.status}"
-                   + (f" ({result.reason})" if result.reason else "")
+                   + (f" ({redact(result.reason)})" if result.reason else "")
                    + "\n\n" + "\n".join(lines) + "\n")
         head = store.make_commit(patch_commit, FileChange(), message, agent=self.lab.agent)
         ref = f"refs/heads/{tx.branch_name(claim.experiment_id)}"

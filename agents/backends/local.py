@@ -25,6 +25,7 @@ from autolab.agents.backends.base import Backend, RunRequest, RunResult
 from autolab.agents.backends.sandbox import GUARD, guard_options
 from autolab.agents.summary import classify, parse_summary
 from autolab.protocol.errors import AutoLabError
+from autolab.protocol.redact import redact
 
 LOG_CAP_BYTES = 20 * 1024 * 1024
 # The guard gives a stopped run 3 s to exit, then ends the rest: wait a little longer.
@@ -108,7 +109,8 @@ class LocalBackend(Backend):
         if proc.returncode != 0:
             last = next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
             return RunResult("crash", None, summary.metrics,
-                             f"exit code {proc.returncode}: {last[-200:]}", runtime, log_path,
+                             f"exit code {proc.returncode}: {redact(last[-200:])}", runtime,
+                             log_path,
                              proc.returncode)
         status, metric, reason = classify(summary.metrics, request.metric, request.bounds)
         return RunResult(status, metric, summary.metrics, reason, runtime, log_path, 0)
