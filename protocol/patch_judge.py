@@ -119,14 +119,19 @@ def judge_patch(store: LabStore, parent: str, patch: str, config: LabConfig) -> 
             raise PatchError(f"patch refused: {path}: {why}")
     key = (store.url, parent, hashlib.sha256(patch.encode()).hexdigest())
     hit = _applied.get(key)
-    if hit is None:
-        tree = store.apply_patch(parent, patch)
-        hit = (tree, tuple(store.tree_changes(store.tree_of(parent), tree)))
-        _applied[key] = hit
-        if len(_applied) > _APPLIED_SIZE:
-            _applied.popitem(last=False)
-    tree, changes = hit
+    if hit is not None:
+        try:
+            check_changes(store, hit[1], config)
+        except KeyError:  # its objects went with a rebuilt cache clone: apply again
+            hit = None
+        else:
+            return Judgement(parent, *hit)
+    tree = store.apply_patch(parent, patch)
+    changes = tuple(store.tree_changes(store.tree_of(parent), tree))
     check_changes(store, changes, config)
+    _applied[key] = (tree, changes)
+    if len(_applied) > _APPLIED_SIZE:
+        _applied.popitem(last=False)
     return Judgement(parent, tree, changes)
 
 

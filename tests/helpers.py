@@ -7,11 +7,14 @@ from autolab.protocol.harness import harness_files, harness_hash
 from autolab.protocol.lab import Lab
 from autolab.protocol.patch_judge import judge_patch
 
-from .conftest import knob_patch_text
-
 
 def propose_x(lab: Lab, *values: float) -> list[str | None]:
-    return tx.propose(lab, [tx.Proposal(f"set X to {v}", knob_patch_text(v)) for v in values])
+    """Propose setting X to each value, as diffs against main's experiment.py."""
+    from autolab.agents.knobs import set_knobs, unified_diff
+
+    source = lab.store.read_file(lab.read().main, "experiment.py").decode()
+    return tx.propose(lab, [tx.Proposal(f"set X to {v}", unified_diff(
+        "experiment.py", source, set_knobs(source, {"X": v}))) for v in values])
 
 
 def push_branch(lab: Lab, experiment_id: str, x: float | None = None) -> str:

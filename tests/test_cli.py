@@ -29,10 +29,10 @@ def test_propose_claim_submit_status_sql_flow(daemon_remote, tmp_path):
     log = tmp_path / "run.log"
     log.write_text("training...\n---\nscore: 1.0\nseconds: 0.1\n")
     sub = run_cli("submit", "--lab", url, "--experiment", "0001", "--attempt", "1",
-                  "--log", str(log), "--json")
+                  "--log", str(log), "--json", "--agent", "w1")  # only the claimant may
     assert json.loads(sub.stdout)["outcome"] == "recorded", sub.stderr
     again = run_cli("submit", "--lab", url, "--experiment", "0001", "--attempt", "1",
-                    "--log", str(log), "--json")
+                    "--log", str(log), "--json", "--agent", "w1")
     assert json.loads(again.stdout)["outcome"] == "duplicate"
 
     status = json.loads(run_cli("status", "--lab", url, "--json").stdout)

@@ -25,4 +25,4 @@ def test_cli_errors_never_print_the_token_of_a_lab_url(tmp_path):
     proc = run_cli("status", "--lab", url, env={"AUTOLAB_GIT_TIMEOUT": "5"})
     assert proc.returncode == 1
     assert TOKEN not in proc.stderr + proc.stdout
-    assert "***@127.0.0.1" in proc.stderr
+    assert "https://127.0.0.1:9/lab.git" in proc.stderr  # credentials never kept in the URL

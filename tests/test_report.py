@@ -21,7 +21,7 @@ from autolab.protocol.store import FileChange
 from autolab.scoreboard import figures
 from autolab.scoreboard import report as rep
 
-from .conftest import knob_patch_text, run_cli
+from .conftest import run_cli
 from .helpers import main_harness_hash, propose_x, push_branch
 
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
@@ -72,7 +72,11 @@ def build_lab(url: str) -> None:
     _run(alpha, "0001", 1.0, 0, 5)  # 4.0: promoted
     _run(beta, "0002", 5.0, 1, 6)  # 4.0: not better
     _run(gamma, "0003", 2.0, 2, 7)  # 1.0: promoted
-    ids = tx.propose(planner, [tx.Proposal(EVIL, knob_patch_text(2.5))])
+    from autolab.agents.knobs import set_knobs, unified_diff
+
+    source = planner.store.read_file(planner.read().main, "experiment.py").decode()
+    ids = tx.propose(planner, [tx.Proposal(EVIL, unified_diff(
+        "experiment.py", source, set_knobs(source, {"X": 2.5})))])
     ids += propose_x(planner, 2.9, 7.0, 8.0, -1.0, 9.0)
     assert ids == ["0004", "0005", "0006", "0007", "0008", "0009"]
     _run(alpha, "0004", 2.5, 10, 4)  # 0.25: promoted; its parent's best was 1.0
