@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from autolab.agents.backends import sandbox
 from autolab.agents.backends.local import LocalBackend
 from autolab.agents.worker import Worker
 from autolab.agents.worktree import work_root
@@ -18,18 +17,10 @@ from autolab.protocol.lab import Lab
 
 from .adversary import git_patch
 from .helpers import propose_x
+from .test_local_backend import containment as containment  # noqa: F811 (the fixture)
 from .test_local_backend import wait_gone
 
 TOKEN_VALUE = f"tok-{uuid.uuid4().hex}"
-
-
-@pytest.fixture(params=["namespaces", "none"])
-def containment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "namespaces" and sandbox.namespaces_problem():
-        pytest.skip(f"no namespaces here ({sandbox.namespaces_problem()}); "
-                    "the process-tree sweep is tested instead")
-    monkeypatch.setenv("AUTOLAB_SANDBOX", request.param)
-    return request.param
 
 
 def _propose_script(lab: Lab, tmp_path: Path, script: str, hypothesis: str) -> str:
@@ -47,7 +38,7 @@ def _log(tmp_path: Path, eid: str) -> str:
     return (tmp_path / "logs" / f"{eid}-1.log").read_text()
 
 
-def test_a_detached_child_never_touches_a_later_experiment(remote, tmp_path, containment):
+def test_a_detached_child_never_touches_a_later_experiment(remote, tmp_path, containment):  # noqa: F811, E501
     """The run starts a `setsid` child that waits, then appends code to every worktree
     and cache file it can find; the next, honest experiment runs after it."""
     token = f"tamper-{uuid.uuid4().hex}"
