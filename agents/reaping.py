@@ -1,9 +1,11 @@
 """Reaping with liveness: what planners, reporters and ``autolab reap`` call.
 
-Leases end attempts whose worker went silent. Attempts running as remote jobs have a
-better witness than time: the job's own status, so those are asked first
-(:func:`autolab.agents.backends.hf_jobs.liveness`) and a job still running keeps its
-lease, whatever the clock says.
+Leases end attempts whose worker went silent. Two witnesses are better than time and
+are asked first: for attempts claimed by a worker on this host, whether its process
+still lives (:mod:`autolab.agents.host_claims`: a dead one's attempts end at once);
+for attempts running as remote jobs, the job's own status
+(:func:`autolab.agents.backends.hf_jobs.liveness`: a job still running keeps its
+lease, whatever the clock says).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from autolab.agents.host_claims import HostClaims
 from autolab.protocol import transactions as tx
 from autolab.protocol.lab import Lab
 from autolab.protocol.reader import LabView
@@ -20,12 +23,19 @@ def reap(lab: Lab, view: LabView | None = None, say: Callable[[str], None] = pri
          at: datetime | None = None) -> list[tx.Reaped]:
     """Settle ended remote jobs, then expire the leases nobody vouches for."""
     view = view or lab.read()
-    alive: set[str] = set()
+    done: list[tx.Reaped] = []
+    for exp in HostClaims(lab.store).dead_claims(view):
+        event = tx.abandon(lab, exp, f"its worker process on this host ({exp.agent}) is gone",
+                           view.config.policy.max_attempts)
+        if event is not None:
+            done.append(tx.Reaped(exp.id, exp.attempt, event))
+            say(f"{event} {exp.id} attempt {exp.attempt}: its worker process is gone")
+    alive: set[str] = {r.experiment_id for r in done}  # ended already: not again below
     if any(e.backend == "hf-jobs" for e in view.state.by_state("claimed")):
         from autolab.agents.backends.hf_jobs import liveness
 
-        alive = liveness(lab, view, say)
-    done = tx.reap(lab, view, keep=alive, at=at)
-    for reaped in done:
+        alive |= liveness(lab, view, say)
+    expired = tx.reap(lab, view, keep=alive, at=at)
+    for reaped in expired:
         say(f"{reaped.event} {reaped.experiment_id} attempt {reaped.attempt}: lease expired")
-    return done
+    return done + expired

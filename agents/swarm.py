@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,13 +30,22 @@ class Swarm:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     args: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def _spawn(self, name: str, *args: str) -> None:
+    def agent_id(self, name: str) -> str:
+        """The agent id of the swarm's agent ``name``: qualified by this host, since
+        swarms on other hosts name their agents alike and an agent id must name one
+        live process (a worker ends the claims its id held when it starts)."""
+        return f"{socket.gethostname()}-{name}"
+
+    def _spawn(self, name: str, *args: str, fresh_id: bool = False) -> None:
         self.args[name] = args
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         # The lab through the environment, never argv: a URL may carry credentials,
         # and every process on the host can read every other's command line.
-        env = {**os.environ, **self.env, "AUTOLAB_AGENT": name, "AUTOLAB_LAB": self.lab}
+        env = {**os.environ, **self.env, "AUTOLAB_AGENT": self.agent_id(name),
+               "AUTOLAB_LAB": self.lab}
+        if fresh_id:
+            del env["AUTOLAB_AGENT"]  # the default: <host>-<pid>
         self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "autolab.agents.cli", *args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -47,15 +57,18 @@ class Swarm:
             self._spawn(f"worker-{n}", "worker", "--loop")
         self._spawn("reporter", "reporter", "--loop")
 
-    def restart(self, name: str) -> None:
-        """Start agent ``name`` again with its arguments and agent id (after it died).
+    def restart(self, name: str, *, fresh_id: bool = False) -> None:
+        """Start agent ``name`` again with its arguments (after it died).
 
-        A restarted worker releases the claims its dead predecessor still held.
+        Under the same agent id, a restarted worker ends the claims its dead
+        predecessor still held; with ``fresh_id`` it gets the default id (as a worker
+        started again by hand would), and the claims come back through any agent on
+        the host that reaps (the dead process's notes, :mod:`host_claims`).
         """
         old = self.procs[name]
         if old.poll() is None:
             raise RuntimeError(f"agent {name} is still running")
-        self._spawn(name, *self.args[name])
+        self._spawn(name, *self.args[name], fresh_id=fresh_id)
 
     def alive(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.poll() is None]

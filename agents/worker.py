@@ -15,13 +15,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 from autolab.agents.backends.base import Backend, RunRequest, RunResult
+from autolab.agents.host_claims import HostClaims
+from autolab.agents.stopping import STOP, Stopped
 from autolab.agents.worktree import Worktree
 from autolab.protocol import transactions as tx
 from autolab.protocol.compute import check_budget
-from autolab.protocol.errors import Conflict, NothingToDo, PatchError
+from autolab.protocol.errors import Conflict, NothingToDo, PatchError, ShardError
 from autolab.protocol.harness import harness_files, harness_hash
 from autolab.protocol.lab import Lab, now
 from autolab.protocol.patch_judge import judge_patch
@@ -31,9 +34,7 @@ from autolab.protocol.store import FileChange
 # A job's running time is counted from this process's start (when it runs in a job).
 _STARTED = time.monotonic()
 
-
-class Stopped(BaseException):
-    """Raised in a worker when it is asked to stop (SIGTERM) mid-cycle."""
+__all__ = ["Cycle", "Stopped", "Worker"]
 
 
 @dataclass
@@ -54,6 +55,17 @@ class Cycle:
         return self.total_s - self.run_s
 
 
+@dataclass
+class _Ran:
+    """A finished run, not yet recorded."""
+
+    result: RunResult
+    patch_commit: str | None  # None: the patch was refused before anything ran
+    harness_hash: str
+    started: datetime
+    metric_name: str
+
+
 class Worker:
     """Runs experiments of one lab on one backend.
 
@@ -68,6 +80,9 @@ class Worker:
                  say: Callable[[str], None] = print) -> None:
         self.lab, self.backend, self.log_dir, self.say = lab, backend, log_dir, say
         self.stats_file = os.environ.get("AUTOLAB_STATS")
+        # Local runs die with this process, so this host can tell when its claims are
+        # orphaned; a remote job's claim outlives the process that made it.
+        self.host_claims = HostClaims(lab.store) if backend.name == "local" else None
 
     def run_once(self) -> Cycle | None:
         """Claim and run one experiment; None when nothing is claimable.
@@ -77,64 +92,113 @@ class Worker:
         """
         start = time.monotonic()
         check_budget(self.lab.read(max_age=2.0))
-        try:
-            claim = tx.claim(self.lab, backend=self.backend.name)
-        except NothingToDo:
-            return None
+        # A stop during the claim's push lands after it: the claim is then released
+        # at once instead of waiting for its lease.
+        with STOP.shielded():
+            try:
+                claim = tx.claim(self.lab, backend=self.backend.name, notify=self._note_claim)
+            except NothingToDo:
+                return None
+            if STOP.pending:
+                self._release(claim, "worker stopped")
+                STOP.check()
         self.say(f"claimed {claim.experiment_id} attempt {claim.attempt}: {claim.hypothesis}")
-        return self.execute(claim, start)
+        try:
+            return self.execute(claim, start)
+        finally:
+            if self.host_claims is not None:
+                self.host_claims.forget(claim.experiment_id, claim.attempt)
+
+    def _note_claim(self, experiment_id: str, attempt: int, trying: bool) -> None:
+        if self.host_claims is None:
+            return
+        if trying:
+            self.host_claims.note(experiment_id, attempt, self.lab.agent)
+        else:
+            self.host_claims.forget(experiment_id, attempt)
+
+    def _release(self, claim: tx.Claim, reason: str) -> None:
+        with STOP.shielded():
+            tx.release(self.lab, claim.experiment_id, claim.attempt, reason)
+            self.say(f"released {claim.experiment_id}: {reason}")
 
     def execute(self, claim: tx.Claim, start: float | None = None) -> Cycle:
-        """Run a claimed attempt to its recorded score (and promotion)."""
+        """Run a claimed attempt to its recorded score (and promotion).
+
+        A stop (:class:`Stopped`) before the run has finished releases the attempt at
+        once; one after it is held back until the result is recorded (and promoted).
+        """
         start = time.monotonic() if start is None else start
+        try:
+            prepared = self._run(claim)
+        except Stopped:
+            self._release(claim, "worker stopped")
+            raise
+        with STOP.shielded():
+            return self._record(claim, start, prepared)
+
+    def _run(self, claim: tx.Claim) -> _Ran:
+        """Judge the patch, build the experiment's commit, run it."""
         lab, store = self.lab, self.lab.store
         view = lab.read(max_age=5.0)
         config, main = view.config, view.main
         parent = claim.parent_commit or main
         harness = harness_files(store, main, config)
         started = now()
-        head = None
         try:
             # Judged again here, on main's rules: a proposal may come from anyone.
             if not store.is_ancestor(parent, main):
                 raise PatchError(f"parent commit {parent[:12]} is not on main")
             judged = judge_patch(store, parent, claim.patch, config)
         except PatchError as exc:
-            result = RunResult("invalid", None, {}, str(exc), 0.0)
-        else:
-            # The commit that runs is built before the run: nothing it writes enters it.
-            patch_commit = store.commit_tree(
-                parent, judged.tree, f"experiment {claim.experiment_id}: {claim.hypothesis}",
-                agent=lab.agent)
-            with Worktree() as tree:
-                tree.populate(store, patch_commit, harness)
-                self.say(f"running `{config.command}` for {claim.experiment_id}")
-                request = RunRequest(
-                    command=config.command, workdir=tree.path, timeout=config.timeout,
-                    env={**config.env, "AUTOLAB_EXPERIMENT": claim.experiment_id,
-                         "AUTOLAB_ATTEMPT": str(claim.attempt)},
-                    log_path=self.log_dir / f"{claim.experiment_id}-{claim.attempt}.log",
-                    metric=config.metric, bounds=config.bounds,
-                )
-                try:
-                    result = self.backend.run(request)
-                except Stopped:
-                    tx.release(lab, claim.experiment_id, claim.attempt, "worker stopped")
-                    self.say(f"released {claim.experiment_id}: worker stopped")
-                    raise
-            head = self._push_branch(claim, patch_commit, result)
+            return _Ran(RunResult("invalid", None, {}, str(exc), 0.0), None,
+                        harness_hash(harness), started, config.metric)
+        # The commit that runs is built before the run: nothing it writes enters it.
+        patch_commit = store.commit_tree(
+            parent, judged.tree, f"experiment {claim.experiment_id}: {claim.hypothesis}",
+            agent=lab.agent)
+        with Worktree() as tree:
+            tree.populate(store, patch_commit, harness)
+            self.say(f"running `{config.command}` for {claim.experiment_id}")
+            request = RunRequest(
+                command=config.command, workdir=tree.path, timeout=config.timeout,
+                env={**config.env, "AUTOLAB_EXPERIMENT": claim.experiment_id,
+                     "AUTOLAB_ATTEMPT": str(claim.attempt)},
+                log_path=self.log_dir / f"{claim.experiment_id}-{claim.attempt}.log",
+                metric=config.metric, bounds=config.bounds,
+            )
+            result = self.backend.run(request)
+        return _Ran(result, patch_commit, harness_hash(harness), started, config.metric)
+
+    def _record(self, claim: tx.Claim, start: float, ran: _Ran) -> Cycle:
+        """Push the branch, record the score, promote it if it wins.
+
+        Reads nothing from ``main`` before the score is recorded: the result must
+        survive a ``main`` that became unreadable during the run.
+        """
+        lab, result, metric_name = self.lab, ran.result, ran.metric_name
+        head = self._push_branch(claim, ran.patch_commit, result) if ran.patch_commit else None
         fields = {"reason": result.reason, "branch_commit": head,
                   "runtime_s": round(result.runtime_s, 3), "backend": self.backend.name,
-                  "job_id": result.job_id, "harness_hash": harness_hash(harness),
-                  "patch_hash": claim.patch_hash, "started_at": started, "agent": lab.agent}
+                  "job_id": result.job_id, "harness_hash": ran.harness_hash,
+                  "patch_hash": claim.patch_hash, "started_at": ran.started, "agent": lab.agent}
         fields.update(self.score_extras(claim, result))
         score = tx.make_score(claim.experiment_id, claim.attempt, status=result.status,
                               metric=result.metric, metrics=result.metrics, **fields)
-        submitted = tx.submit(lab, score)
+        try:
+            submitted = tx.submit(lab, score)
+        except ShardError as exc:
+            # main became unreadable mid-run (a foreign or damaged shard): the result
+            # needs nothing from main, so it is recorded first, then the damage reported.
+            if not exc.newer and tx.record_unread(lab, score, claim.lease_until):
+                self.say(f"{claim.experiment_id}: result recorded (attempt "
+                         f"{claim.attempt}); main cannot be read until it is repaired "
+                         "(`autolab doctor --fix`)")
+            raise
         self._note({"event": "submitted", "experiment_id": claim.experiment_id,
                     "attempt": claim.attempt, "outcome": submitted.outcome,
                     "result_digest": score["result_digest"]})
-        shown = f"{config.metric}={score['metric']:.6g}" if score["metric"] is not None else (
+        shown = f"{metric_name}={score['metric']:.6g}" if score["metric"] is not None else (
             score["reason"] or "")
         self.say(f"{claim.experiment_id}: {score['status']} {shown} in {result.runtime_s:.1f}s"
                  f" ({submitted.outcome})")
@@ -142,12 +206,12 @@ class Worker:
         if submitted.outcome == "recorded" and score["status"] == "ok":
             outcome = tx.promote(lab, claim.experiment_id)
             promoted = outcome.promoted
-            self.say(f"promoted {claim.experiment_id}: {config.metric} {outcome.previous} -> "
+            self.say(f"promoted {claim.experiment_id}: {metric_name} {outcome.previous} -> "
                      f"{outcome.metric}" if promoted else
                      f"not promoted {claim.experiment_id}: {outcome.reason}")
         cycle = Cycle(claim.experiment_id, claim.attempt, score["status"], score["metric"],
                       submitted.outcome, promoted, time.monotonic() - start, result.runtime_s)
-        self._record(cycle)
+        self._note_cycle(cycle)
         return cycle
 
     def score_extras(self, claim: tx.Claim, result: RunResult) -> dict:
@@ -175,7 +239,10 @@ class Worker:
             self.lab.retry_transport(lambda: store.push_ref(ref, head, None))
         except Conflict:
             # An earlier attempt left its branch; replace it only while we hold the lease.
-            exp = self.lab.read().state.experiments[claim.experiment_id]
+            try:
+                exp = self.lab.read().state.experiments[claim.experiment_id]
+            except ShardError:
+                return None  # main cannot be read: record the result without a branch
             if exp.attempt != claim.attempt or exp.state != "claimed":
                 return None  # we are stale: leave the current attempt's branch alone
             current = store.fetch_ref(ref)
@@ -185,7 +252,7 @@ class Worker:
                 return None  # another attempt owns the branch: we have no pushed head
         return head
 
-    def _record(self, cycle: Cycle) -> None:
+    def _note_cycle(self, cycle: Cycle) -> None:
         self._note({"event": "cycle", **asdict(cycle), "overhead_s": cycle.overhead_s})
 
     def _note(self, entry: dict) -> None:
@@ -203,28 +270,34 @@ class Worker:
                 self.say(f"cannot write {self.stats_file}: {exc}")
 
     def recover(self) -> list[str]:
-        """End the attempts this agent id still holds from a previous process that died.
+        """End the attempts a dead process left behind: this agent id's, and this host's.
 
         A worker restarted under the same ``--agent`` (a supervisor, cron, a swarm) ends
-        its dead predecessor's claims at once instead of leaving them to lease expiry.
-        They end as lost (``expired``), counting toward ``max_attempts``: a run that
-        kills its worker every time must end, not loop under ``Restart=always``. Only
-        claims of this worker's backend are touched (a remote job of the same agent id
-        may still be running). Agent ids must be unique per live process (the default,
-        host-pid, is); if two live processes shared one, the other's result would only
-        be recorded as late, never lost or promoted twice.
+        its dead predecessor's claims at once instead of leaving them to lease expiry,
+        and so does any worker on the host for claims whose noted process is gone
+        (:mod:`autolab.agents.host_claims`). They end as lost (``expired``), counting
+        toward ``max_attempts``: a run that kills its worker every time must end, not
+        loop under ``Restart=always``. Only claims of this worker's backend are touched
+        (a remote job of the same agent id may still be running), and never one whose
+        noted process on this host is alive (two live workers sharing an agent id).
         """
         view = self.lab.read()
         ended = []
+        dead = {e.id for e in self.host_claims.dead_claims(view)} if self.host_claims else set()
         for exp in view.state.by_state("claimed"):
-            if exp.agent != self.lab.agent or exp.backend != self.backend.name:
+            if exp.backend != self.backend.name:
                 continue
-            event = tx.abandon(self.lab, exp, "its worker died (restarted under the same "
-                               "agent id)", view.config.policy.max_attempts)
+            if exp.id in dead:
+                why = "its worker process on this host is gone"
+            elif exp.agent == self.lab.agent and not (
+                    self.host_claims and self.host_claims.holder_alive(exp)):
+                why = "its worker died (restarted under the same agent id)"
+            else:
+                continue
+            event = tx.abandon(self.lab, exp, why, view.config.policy.max_attempts)
             if event:
                 ended.append(exp.id)
-                self.say(f"{event} {exp.id} attempt {exp.attempt}: held by a previous "
-                         f"process of {self.lab.agent}")
+                self.say(f"{event} {exp.id} attempt {exp.attempt}: {why} ({exp.agent})")
         return ended
 
     def loop(self, *, max_experiments: int | None = None, idle: float = 2.0,

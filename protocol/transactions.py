@@ -10,6 +10,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -113,12 +114,17 @@ class Claim:
 
 def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
           lease_seconds: float | None = None, experiment_id: str | None = None,
-          max_age: float = 2.0) -> Claim:
+          max_age: float = 2.0,
+          notify: Callable[[str, int, bool], None] | None = None) -> Claim:
     """Claim one queued experiment: weighted random among the claimable ones.
 
     The claim is a create-only record ref, so the decision may be taken on this
     agent's view of up to ``max_age`` seconds ago: a stale pick only loses the create
     and is re-decided on a fresh fetch. Random weighted picks keep such losses rare.
+
+    ``notify(experiment_id, attempt, trying)`` is called with ``trying=True`` just before
+    each claim is pushed and with ``trying=False`` when that claim was lost: a worker
+    notes on its host which process holds the claim before it can exist.
 
     Raises:
         NothingToDo: nothing is claimable (exit code 3 in the CLI).
@@ -147,17 +153,23 @@ def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
         lease_until = now() + timedelta(seconds=lease)
         row = {"experiment_id": exp.id, "event": "claimed", "attempt": attempt,
                "at": now(), "lease_until": lease_until, "backend": backend, "job_id": job_id}
+        if notify is not None:
+            notify(exp.id, attempt, True)
         try:
             lab.create_record(record_ref("claims", exp.id, attempt), {"queue": [row]},
                               f"claim {exp.id} attempt {attempt}")
         except Conflict:
             lab.stats["lost_claims"] = lab.stats.get("lost_claims", 0) + 1
             lost.add(exp.id)
+            if notify is not None:
+                notify(exp.id, attempt, False)
             continue
         if time.time() - view.snapshot.fetched_at > lab.ref_grace / 4 and not _still_ours(
             lab, exp.id, attempt
         ):
             lost.add(exp.id)
+            if notify is not None:
+                notify(exp.id, attempt, False)
             continue
         # Keep this agent's cached view truthful about what it just won.
         mine = view.state.own(exp.id)
@@ -297,6 +309,33 @@ def submit(lab: Lab, score: dict[str, Any], *, claimant_only: bool = False) -> S
         lab.fold(view)
         return SubmitResult("late" if late else "recorded", eid, attempt, late)
     raise AutoLabError(f"gave up submitting {eid} attempt {attempt} after repeated lost races")
+
+
+def record_unread(lab: Lab, score: dict[str, Any], claimed_until: datetime) -> bool:
+    """Record a finished attempt's result without reading ``main`` (it cannot be read).
+
+    A result is a create-only record ref and needs nothing from ``main``: when a foreign
+    or damaged shard lands there mid-run, the result is recorded first and the damage
+    reported after. Without a read, "is this attempt still current" is answered by the
+    ref itself: whoever ended the attempt (a reaper, a release) wrote this very name,
+    and that name stays until ``ref_grace`` after it was folded, which cannot happen
+    before the lease ran out. So the create is conclusive only until
+    ``claimed_until + ref_grace``; after that nothing is written.
+
+    Returns:
+        True if the result was recorded; False if the attempt had already ended or it
+        is too late to tell.
+    """
+    eid, attempt = score["experiment_id"], score["attempt"]
+    if now() >= claimed_until + timedelta(seconds=lab.ref_grace):
+        return False
+    try:
+        lab.create_record(record_ref("results", eid, attempt), {"scores": [score]},
+                          f"result {eid} attempt {attempt}: {score['status']} "
+                          f"{score.get('metric')}")
+    except Conflict:
+        return False
+    return True
 
 
 def _late_change(view: LabView, row: dict[str, Any]) -> MainChange | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from datetime import datetime
@@ -27,17 +26,14 @@ def _say(role: str):  # noqa: ANN202
 
 
 def _stop_on_sigterm() -> None:
-    from autolab.agents.worker import Stopped
+    from autolab.agents.stopping import STOP
 
-    def handler(signum, frame):  # noqa: ANN001, ARG001
-        raise Stopped()
-
-    signal.signal(signal.SIGTERM, handler)
+    STOP.install()
 
 
 def _rounds(once: bool, loop: bool, interval: float, body) -> None:  # noqa: ANN001
     """Run ``body`` once, or forever with ``interval`` pauses; stop cleanly on SIGTERM."""
-    from autolab.agents.worker import Stopped
+    from autolab.agents.stopping import Stopped
 
     _stop_on_sigterm()
     try:

@@ -66,7 +66,7 @@ def hf_worker(lab: str | None, agent: str | None, *, once: bool, loop: bool,
 
     from autolab.agents.backends.hf_jobs import JobSettings, Launcher
     from autolab.agents.cli.cmd_agents import _say
-    from autolab.agents.worker import Stopped
+    from autolab.agents.stopping import Stopped
     from autolab.protocol.errors import NothingToDo
 
     the_lab = open_lab(lab, agent)
