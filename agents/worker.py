@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
-from autolab.agents.backends.base import Backend, RunRequest, RunResult
+from autolab.agents.backends.base import Backend, HostError, RunRequest, RunResult
 from autolab.agents.host_claims import HostClaims
 from autolab.agents.stopping import STOP, Stopped
 from autolab.agents.worktree import Worktree
@@ -133,6 +133,17 @@ class Worker:
             prepared = self._run(claim)
         except Stopped:
             self._release(claim, "worker stopped")
+            raise
+        except OSError as exc:
+            # This host cannot run it (a full disk, a vanished directory): give the
+            # attempt back at once, not counted against the experiment, and stop.
+            where = f" {exc.filename}" if exc.filename else ""
+            error = HostError(f"cannot run {claim.experiment_id} here:{where} "
+                              f"{exc.strerror or exc}")
+            self._release(claim, str(error))
+            raise error from None
+        except Exception as exc:
+            self._release(claim, f"the worker failed before the run ended: {str(exc)[:300]}")
             raise
         with STOP.shielded():
             return self._record(claim, start, prepared)

@@ -217,3 +217,60 @@ def test_host_claim_notes_see_pid_reuse_as_a_dead_holder(tmp_path):
     assert notes.holder_alive(Exp()) is False  # type: ignore[arg-type]
     Exp.agent = "someone-else"
     assert notes.holder_alive(Exp()) is None  # a note only speaks for its own agent
+
+
+def _unshare_problem() -> str | None:
+    if shutil.which("unshare") is None:
+        return "no unshare(1)"
+    probe = subprocess.run(["unshare", "-U", "-r", "-m", "sh", "-c",
+                            "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True)
+    return None if probe.returncode == 0 else "cannot mount a tmpfs in a user namespace"
+
+
+def _on_a_small_disk(directory: Path, size: str, *argv: str) -> list[str]:
+    """``argv`` in a user and mount namespace where ``directory`` is a tmpfs of ``size``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return ["unshare", "-U", "-r", "-m", "sh", "-c",
+            f"mount -t tmpfs -o size={size} tmpfs '{directory}' && exec \"$@\"", "sh", *argv]
+
+
+@pytest.mark.skipif(_unshare_problem() is not None, reason="needs user namespaces")
+def test_full_disk_under_the_log_stops_the_run_and_releases_the_attempt(slow_lab, tmp_path):
+    url, _ = slow_lab
+    eid = _propose(url, MODE="loud")
+    disk = tmp_path / "small"
+    # The cache clone and the logs beside it on a 16 MiB filesystem: the clone fits, the
+    # run's 32 MiB of output does not.
+    env = {**os.environ, "AUTOLAB_CACHE": str(disk / "cache"), "AUTOLAB_SANDBOX": "none"}
+    started = time.monotonic()
+    proc = subprocess.run(
+        _on_a_small_disk(disk, "16m", sys.executable, "-m", "autolab.agents.cli", "worker",
+                         "--once", "--lab", url, "--agent", "cramped"),
+        capture_output=True, text=True, env=env, timeout=120)
+    took = time.monotonic() - started
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    error = proc.stderr.strip().splitlines()
+    assert len(error) == 1 and f"{eid}-1.log" in error[0] and "No space left" in error[0], error
+    assert took < 40, took  # stopped at once, not at the run's 60 s timeout
+    exp = Lab.open(url, "check").read().state.experiments[eid]
+    # Given back, not counted against the experiment: the host was at fault.
+    assert exp.state == "queued" and exp.outcomes == {1: "released"}, (exp.state, proc.stdout)
+
+
+@pytest.mark.skipif(_unshare_problem() is not None, reason="needs user namespaces")
+def test_full_disk_under_the_worktrees_releases_the_attempt(slow_lab, tmp_path):
+    url, _ = slow_lab
+    eid = _propose(url, X="2.0")
+    work = tmp_path / "work"
+    env = {**os.environ, "AUTOLAB_WORK": str(work), "AUTOLAB_SANDBOX": "none"}
+    fill = f"dd if=/dev/zero of='{work}/filler' bs=64k count=64 2>/dev/null; exec \"$@\""
+    argv = ["unshare", "-U", "-r", "-m", "sh", "-c",
+            f"mount -t tmpfs -o size=1m tmpfs '{work}' && {fill}", "sh", sys.executable, "-m",
+            "autolab.agents.cli", "worker", "--once", "--lab", url, "--agent", "cramped"]
+    work.mkdir()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "No space left" in proc.stderr and eid in proc.stderr, proc.stderr
+    exp = Lab.open(url, "check").read().state.experiments[eid]
+    assert exp.state == "queued" and exp.outcomes == {1: "released"}, exp.state

@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autolab.protocol.errors import AutoLabError
+
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -34,9 +36,15 @@ class RunResult:
     job_id: str | None = None
 
 
+class HostError(AutoLabError):
+    """This machine cannot run experiments (a full disk, say): not the experiment's
+    fault, so its attempt is given back rather than recorded."""
+
+
 class Backend(ABC):
     """Runs experiment commands. Implementations must never raise for a failed run:
-    every outcome, including a crash or a timeout, is a :class:`RunResult`."""
+    every outcome, including a crash or a timeout, is a :class:`RunResult`. A fault of
+    the host itself raises :class:`HostError`."""
 
     name: str
 

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from autolab.agents.backends.base import Backend, RunRequest, RunResult
+from autolab.agents.backends.base import Backend, HostError, RunRequest, RunResult
 from autolab.agents.backends.sandbox import GUARD, guard_options
 from autolab.agents.summary import classify, parse_summary
 from autolab.protocol.errors import AutoLabError
@@ -84,14 +84,23 @@ class LocalBackend(Backend):
         except OSError as exc:
             return RunResult("crash", None, {}, f"cannot start: {exc}", 0.0, log_path)
         tail: deque[bytes] = deque()
-        pump = threading.Thread(target=_pump, args=(proc, log_path, tail, self.echo),
+        failed: list[OSError] = []
+        pump = threading.Thread(target=_pump, args=(proc, log_path, tail, self.echo, failed),
                                 daemon=True)
         pump.start()
         timed_out = False
+        deadline = start + request.timeout
         try:
-            proc.wait(timeout=request.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+            # Waits in short steps: a log that cannot be written (a full disk) stops the
+            # run at once instead of letting it block on its output until the timeout.
+            while not failed:
+                try:
+                    proc.wait(timeout=max(0.0, min(0.25, deadline - time.monotonic())))
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        break
         finally:
             # Always, even after a clean exit or when the worker is being stopped: no
             # process of the run (background children included) outlives it.
@@ -100,6 +109,13 @@ class LocalBackend(Backend):
             if proc.stdout is not None:
                 proc.stdout.close()
         runtime = time.monotonic() - start
+        if failed:
+            # The log of a run given back is worth nothing; the space it took is what
+            # recording the give-back needs on a full disk.
+            with contextlib.suppress(OSError):
+                log_path.unlink()
+            raise HostError(f"cannot write the run's log {log_path}: "
+                            f"{failed[0].strerror or failed[0]} (run stopped, log removed)")
         text = b"".join(tail).decode(errors="replace")
         summary = parse_summary(text)
         if timed_out:
@@ -143,12 +159,26 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def _pump(proc: subprocess.Popen, log_path: Path, tail: deque[bytes],
-          echo: bool = False) -> None:
+          echo: bool = False, failed: list[OSError] | None = None) -> None:
     """Copy output to the log up to the cap, and keep its last bytes for parsing.
 
     Reads in chunks, so a run printing gigabytes (or one endless line) costs bounded
-    memory; past the cap only the tail is kept, and written at the end.
+    memory; past the cap only the tail is kept, and written at the end. A log that
+    cannot be written (``ENOSPC``, ``EIO``) is put in ``failed``; the output is then
+    still drained so the run never blocks on a full pipe while it is being stopped.
     """
+    assert proc.stdout is not None
+    try:
+        _copy(proc, log_path, tail, echo)
+    except OSError as exc:
+        if failed is not None:
+            failed.append(exc)
+        with contextlib.suppress(OSError, ValueError):
+            while proc.stdout.read1(65536):  # type: ignore[attr-defined]
+                pass
+
+
+def _copy(proc: subprocess.Popen, log_path: Path, tail: deque[bytes], echo: bool) -> None:
     written = kept = total = 0
     assert proc.stdout is not None
     with open(log_path, "wb") as log:

@@ -14,6 +14,10 @@ if MODE == "hang":
     time.sleep(60)
 if MODE == "slow":
     time.sleep(2.5)
+if MODE == "loud":  # 32 MiB of output, then as long as a hang
+    for _ in range(512):
+        sys.stdout.write("x" * 65535 + "\n")
+    time.sleep(60)
 print("training...")
 print("---")
 if MODE == "nometric":
