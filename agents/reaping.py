@@ -34,7 +34,9 @@ def reap(lab: Lab, view: LabView | None = None, say: Callable[[str], None] = pri
     if any(e.backend == "hf-jobs" for e in view.state.by_state("claimed")):
         from autolab.agents.backends.hf_jobs import liveness
 
-        alive |= liveness(lab, view, say)
+        jobs = liveness(lab, view, say, at=at)
+        alive |= jobs.alive | {r.experiment_id for r in jobs.ended}
+        done += jobs.ended
     expired = tx.reap(lab, view, keep=alive, at=at)
     for reaped in expired:
         say(f"{reaped.event} {reaped.experiment_id} attempt {reaped.attempt}: lease expired")

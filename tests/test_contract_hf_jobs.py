@@ -112,6 +112,7 @@ def test_contract_detached_launch_completes_with_a_promotion(hub, tmp_path, git_
     [body] = [r.body for r in hub.requests if r.method == "POST" and r.path == f"/api/jobs/{USER}"]
     assert body["volumes"] == [{"type": "bucket", "source": "autolab-test/cache",
                                 "mountPath": "/data"}]
+    assert body["attempts"] == 1  # the platform never runs an attempt again on its own
     assert hub.wait_job(job.id, timeout=120) == "COMPLETED", "\n".join(hub.logs(job.id)[-8:])
 
     view = Lab.open(remote.url, "check").read()
@@ -284,3 +285,82 @@ def test_contract_labels_the_hub_refuses_are_never_sent(hub, tmp_path, git_daemo
     with pytest.raises(HfHubHTTPError):  # the raw URL is refused, as by the Hub
         api.run_job(image="python:3.12", command=["true"], namespace=USER,
                     labels={"autolab-lab": url})
+
+
+def test_contract_a_job_that_cannot_be_inspected_does_not_keep_its_lease_forever(
+        hub, tmp_path, git_daemon):
+    remote = _lab(tmp_path, git_daemon)
+    lab = Lab.open(remote.url, "planner")
+    counted = _propose(lab, 1.0, prefix="import time\ntime.sleep(60)\n")
+    timed = _propose(lab, 2.0, prefix="import time\ntime.sleep(60)\n")
+    hub.orgs.append("team")
+    for _ in range(2):
+        proc = run_cli("worker", "--lab", remote.url, "--backend", "hf-jobs", "--once",
+                       "--namespace", "team", "--agent", "laptop", "--image", IMAGE,
+                       env=_env(hub))
+        assert proc.returncode == 0, proc.stderr
+    hub.orgs.remove("team")  # the reapers' token lost access: every inspection is a 403
+    os.environ.update(_env(hub))
+    try:
+        reporter = Lab.open(remote.url, "reporter")
+        exps = reporter.read().state.experiments
+        lease_end = max(exps[counted].lease_until, exps[timed].lease_until)
+        lease = exps[counted].lease_until - exps[counted].claimed_at
+        # Within the lease, trust; just past it, a bounded number of failed inspections.
+        assert reap(reporter, say=lambda _: None) == []
+        for _ in range(2):
+            assert reap(reporter, say=lambda _: None,
+                        at=lease_end + timedelta(seconds=1)) == []
+        ended = reap(reporter, say=lambda _: None, at=lease_end + timedelta(seconds=1))
+        assert {(r.experiment_id, r.event) for r in ended} == {(counted, "expired"),
+                                                               (timed, "expired")}
+        # A reaper that inspects once per process (cron) gives up a whole lease later.
+        third = _propose(lab, 3.0, prefix="import time\ntime.sleep(60)\n")
+        hub.orgs.append("team")
+        proc = run_cli("worker", "--lab", remote.url, "--backend", "hf-jobs", "--once",
+                       "--namespace", "team", "--agent", "laptop", "--image", IMAGE,
+                       env=_env(hub))
+        assert proc.returncode == 0, proc.stderr
+        hub.orgs.remove("team")
+        exp = reporter.read().state.experiments
+        claimed = [e for e in exp.values() if e.state == "claimed"]
+        assert len(claimed) == 1, [(e.id, e.state) for e in exp.values()]
+        late = claimed[0].lease_until + lease + timedelta(seconds=1)
+        code = ("import sys; from datetime import datetime\n"
+                "from autolab.agents.reaping import reap\n"
+                "from autolab.protocol.lab import Lab\n"
+                "reap(Lab.open(sys.argv[1], 'cron'), at=datetime.fromisoformat(sys.argv[2]))\n")
+        once = subprocess.run([sys.executable, "-c", code, remote.url, late.isoformat()],
+                              capture_output=True, text=True, env={**os.environ}, timeout=120)
+        assert f"{claimed[0].id} attempt" in once.stdout, once.stdout + once.stderr
+        assert "cannot be inspected" in once.stdout
+    finally:
+        for key in _env(hub):
+            os.environ.pop(key, None)
+    state = Lab.open(remote.url, "check").read().state
+    assert third in state.experiments
+    assert all("cannot be inspected" in state.experiments[e].reason for e in (counted, timed))
+
+
+def test_contract_waiting_on_a_job_that_cannot_be_inspected_is_bounded(
+        hub, tmp_path, git_daemon):
+    from autolab.agents.backends.hf_jobs import INSPECTION_LIMIT, JobSettings, Launcher
+    from autolab.protocol.errors import AutoLabError
+
+    remote = _lab(tmp_path, git_daemon)
+    lab = Lab.open(remote.url, "laptop")
+    _propose(lab, 1.0, prefix="import time\ntime.sleep(60)\n")
+    hub.orgs.append("team")
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    config = lab.read().config
+    settings = JobSettings.from_config(config.hf_jobs, config.timeout, namespace="team",
+                                       image=IMAGE)
+    launcher = Launcher(lab, settings, api=api, say=lambda _: None)
+    job = launcher.launch_next()
+    hub.orgs.remove("team")
+    started = time.monotonic()
+    with pytest.raises(AutoLabError, match="inspect_job: 403"):
+        launcher.wait(job, poll=0.05)
+    assert time.monotonic() - started < 5
+    assert sum(1 for r in hub.requests if r.method == "GET" and job.id in r.path
+               and r.path.endswith(job.id)) == INSPECTION_LIMIT

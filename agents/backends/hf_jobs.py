@@ -27,6 +27,7 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from autolab.protocol import compute
@@ -261,6 +262,9 @@ class Launcher:
             env=env, secrets=settings.secrets or None, flavor=settings.flavor,
             timeout=settings.timeout, labels=labels, volumes=parse_volumes(settings.volumes),
             namespace=self.namespace,
+            # One run per attempt: the protocol, not the platform, decides about retries
+            # (a re-run would race the requeued attempt's own job).
+            attempts=1,
         )
         # "<namespace>/<id>": whoever checks on the job later needs both.
         compute.launched(self.lab, claim.experiment_id, claim.attempt,
@@ -270,12 +274,32 @@ class Launcher:
         return job
 
     def wait(self, job: JobInfo, poll: float = 5.0) -> str:
-        """Block until ``job`` ends; return its stage."""
+        """Block until ``job`` ends; return its stage.
+
+        Bounded: the job's timeout plus the lab's lease margin (the platform ends it by
+        then), and :data:`INSPECTION_LIMIT` inspections failing in a row.
+
+        Raises:
+            AutoLabError: the job did not end in time, or cannot be inspected.
+        """
+        margin = self.lab.read(max_age=60.0).config.policy.lease_margin
+        deadline = time.monotonic() + self.settings.timeout + margin
+        failures = 0
         while True:
-            info = self.api.inspect_job(job_id=job.id, namespace=self.namespace)
-            if str(info.status.stage) in _TERMINAL:
-                return str(info.status.stage)
-            time.sleep(poll)
+            try:
+                info = self.api.inspect_job(job_id=job.id, namespace=self.namespace)
+            except Exception as exc:  # the client raises HTTP and transport errors alike
+                failures += 1
+                if failures >= INSPECTION_LIMIT:
+                    raise hub_error("inspect_job", exc) from None
+            else:
+                failures = 0
+                if str(info.status.stage) in _TERMINAL:
+                    return str(info.status.stage)
+            if time.monotonic() >= deadline:
+                raise AutoLabError(f"job {job.id} has not ended {self.settings.timeout:g}s "
+                                   f"after its launch (+{margin:g}s margin); stopped waiting")
+            time.sleep(min(poll, max(0.0, deadline - time.monotonic())) or 0.01)
 
 
 # -- liveness ------------------------------------------------------------------------------
@@ -288,10 +312,11 @@ class JobCheck:
 
     alive: set[str] = field(default_factory=set)
     settled: list[str] = field(default_factory=list)
+    ended: list[tx.Reaped] = field(default_factory=list)  # attempts ended without a score
 
 
 def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
-               say: Callable[[str], None] = print) -> JobCheck:
+               say: Callable[[str], None] = print, *, at: datetime | None = None) -> JobCheck:
     """Look up the job of every attempt claimed for ``hf-jobs`` and settle ended ones.
 
     A launched attempt's job is read with ``inspect_job`` (its id is in the queue); one
@@ -303,7 +328,7 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
 
     check = JobCheck()
     launched = compute.launches(view)
-    moment = now()
+    moment = at or now()
     for exp in view.state.by_state("claimed"):
         if exp.backend != BACKEND:
             continue
@@ -321,7 +346,8 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
                         check.alive.add(exp.id)  # not found (yet?): trust the lease
                         continue
                     outcome = _settle(lab, exp, None, launch["job_id"], "DELETED",
-                                      "the job no longer exists", api, job_ns or namespace)
+                                      "the job no longer exists", api, job_ns or namespace,
+                                      check)
                     if outcome:
                         check.settled.append(outcome)
                         say(outcome)
@@ -333,8 +359,20 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
                 found = list(api.list_jobs(labels=labels, namespace=namespace))
                 job = found[-1] if found else None
         except Exception as exc:  # one job's trouble must not expire the others' leases
-            say(f"cannot check the job of {exp.id} attempt {exp.attempt} "
-                f"({hub_error('inspect_job', exc)}); keeping its lease")
+            error = hub_error("inspect_job", exc)
+            if _give_up_inspecting(exp, moment):
+                event = tx.abandon(
+                    lab, exp, f"its job cannot be inspected ({error}), "
+                    f"{INSPECTION_LIMIT} times or a whole lease past its lease",
+                    view.config.policy.max_attempts)
+                if event:
+                    check.settled.append(f"{exp.id} attempt {exp.attempt}: {event}")
+                    check.ended.append(tx.Reaped(exp.id, exp.attempt, event))
+                    say(f"{event} {exp.id} attempt {exp.attempt}: its job cannot be inspected "
+                        f"({error})")
+                continue
+            say(f"cannot check the job of {exp.id} attempt {exp.attempt} ({error}); "
+                "keeping its lease")
             check.alive.add(exp.id)
             continue
         if job is None:
@@ -345,15 +383,37 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
             continue
         job_ns = launch["job_id"].rpartition("/")[0] if launch else ""
         outcome = _settle(lab, exp, job, f"{job_ns or namespace}/{job.id}", stage,
-                          job.status.message or "", api, job_ns or namespace)
+                          job.status.message or "", api, job_ns or namespace, check)
         if outcome:
             check.settled.append(outcome)
             say(outcome)
     return check
 
 
+# Failed inspections of one attempt's job after its lease ran out, in this process.
+INSPECTION_LIMIT = 3
+_failed_inspections: dict[tuple[str, int], int] = {}
+
+
+def _give_up_inspecting(exp: Experiment, moment: Any) -> bool:
+    """Whether an attempt whose job cannot be inspected should end.
+
+    Within its lease it keeps running on trust. Past it, a long-lived reaper gives
+    up after :data:`INSPECTION_LIMIT` failed inspections; any reaper (a cron round is
+    one inspection per process) gives up once a whole lease more has passed: the job's
+    own timeout has then ended it on the platform anyway.
+    """
+    if exp.lease_until is None or exp.lease_until > moment:
+        return False
+    key = (exp.id, exp.attempt)
+    _failed_inspections[key] = _failed_inspections.get(key, 0) + 1
+    lease = (exp.lease_until - exp.claimed_at) if exp.claimed_at else None
+    return (_failed_inspections[key] >= INSPECTION_LIMIT
+            or (lease is not None and moment >= exp.lease_until + lease))
+
+
 def _settle(lab: Lab, exp: Experiment, job: Any, job_id: str, stage: str, message: str,
-            api: HfApi, namespace: str) -> str:
+            api: HfApi, namespace: str, check: JobCheck) -> str:
     """A job ended and the attempt is still open: recover its metric from the logs, or
     give the attempt up. Returns what was done ("" if the job's own submit landed)."""
     current = lab.read().state.experiments[exp.id]
@@ -399,6 +459,8 @@ def _settle(lab: Lab, exp: Experiment, job: Any, job_id: str, stage: str, messag
                 f"from the logs of {what} ({result.outcome})")
     event = tx.abandon(lab, exp, what + (f" (log: {log_ref})" if log_ref else ""),
                        view.config.policy.max_attempts, cost_usd=cost)
+    if event:
+        check.ended.append(tx.Reaped(exp.id, exp.attempt, event))
     return f"{exp.id} attempt {exp.attempt}: {event} ({what})" if event else ""
 
 
@@ -438,20 +500,21 @@ def _whoami(api: HfApi) -> str:
     return _users[key]
 
 
-def liveness(lab: Lab, view: LabView, say: Callable[[str], None] = print) -> set[str]:
+def liveness(lab: Lab, view: LabView, say: Callable[[str], None] = print, *,
+             at: datetime | None = None) -> JobCheck:
     """Experiments whose HF job is alive (to keep their lease); settles ended jobs.
 
     Without a reachable Jobs API (no token, no network) nothing is vouched for and
     leases expire by time alone.
     """
     if not any(e.backend == BACKEND for e in view.state.by_state("claimed")):
-        return set()
+        return JobCheck()
     try:
         api = hf_api()
         namespace = view.config.hf_jobs.namespace or _whoami(api)
-        return check_jobs(lab, view, api, namespace, say).alive
+        return check_jobs(lab, view, api, namespace, say, at=at)
     except AutoLabError:
         raise
     except Exception as exc:  # HTTP and transport errors of the client alike
         say(f"cannot check HF jobs ({hub_error('liveness', exc)}); leases decide")
-        return set()
+        return JobCheck()
