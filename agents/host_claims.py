@@ -19,6 +19,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -138,11 +139,26 @@ class HostClaims:
                 dead.append(exp)
         for path in self.dir.glob("*.json"):
             note = self._read(path)
-            if note is None:
+            if note is None or not self._over(note, view, path):
                 continue
-            key = (note.get("experiment_id"), note.get("attempt"))
             pid = note.get("pid")
-            gone = not isinstance(pid, int) or process_identity(pid) != note.get("process")
-            if key not in claimed and gone:
+            if not isinstance(pid, int) or process_identity(pid) != note.get("process"):
                 path.unlink(missing_ok=True)
         return dead
+
+    @staticmethod
+    def _over(note: dict, view: LabView, path: Path) -> bool:
+        """Whether the attempt a note names has visibly ended in ``view``.
+
+        A note is written before its claim is pushed, so a view that does not show the
+        claim yet proves nothing (the push may land after the fetch): such a note is
+        kept until it is a day old.
+        """
+        exp = view.state.experiments.get(note.get("experiment_id"))  # type: ignore[arg-type]
+        attempt = note.get("attempt")
+        if exp is not None and isinstance(attempt, int) and exp.attempt >= attempt:
+            return exp.attempt > attempt or exp.state != "claimed"
+        try:
+            return time.time() - path.stat().st_mtime > 86400
+        except OSError:
+            return False

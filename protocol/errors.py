@@ -33,6 +33,14 @@ class Conflict(AutoLabError):
         self.ref = ref
 
 
+class Contended(AutoLabError):
+    """A compare-and-swap write kept losing to other writers until its deadline.
+
+    Not a transport failure: the remote answered every time, and every lost race was
+    another agent's write landing.
+    """
+
+
 class TransportError(AutoLabError):
     """A git command against the remote failed for a reason other than a lost race."""
 

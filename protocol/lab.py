@@ -32,8 +32,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from autolab.protocol.errors import Conflict, TransportError
+from autolab.protocol.errors import Conflict, Contended, TransportError
 from autolab.protocol.reader import LabView, read_view
+from autolab.protocol.redact import redact
 from autolab.protocol.schemas import TABLES
 from autolab.protocol.shard_cache import read_table
 from autolab.protocol.shards import encode, encode_record, new_shard_name, with_seq
@@ -53,22 +54,34 @@ def new_event_id() -> str:
     return secrets.token_hex(12)
 
 
+# How long an agent waits for its host's turn at main before it races regardless.
+MAIN_TURN_WAIT = 10.0
+
+
 @dataclass
 class Backoff:
-    """Bounded, jittered exponential backoff ("full jitter")."""
+    """Jittered exponential backoff ("full jitter"), bounded by a deadline.
 
-    attempts: int = 30
+    ``attempts`` (None: no limit) bounds retries of things that fail on their own
+    (transport errors). Lost compare-and-swap races are bounded by time alone: a
+    writer that keeps losing under contention is making progress for the lab (someone
+    else won each race), so a count of losses is no reason to give up.
+    """
+
+    attempts: int | None = None
     base: float = 0.02
     cap: float = 1.0
     deadline: float = 120.0  # seconds; give up after this whatever the count
 
     def delays(self) -> Any:
         start = time.monotonic()
-        for n in range(self.attempts):
-            if time.monotonic() - start > self.deadline:
+        n = 0
+        while self.attempts is None or n < self.attempts:
+            if n and time.monotonic() - start > self.deadline:
                 return
             yield n
-            time.sleep(random.uniform(0, min(self.cap, self.base * 2**n)))
+            time.sleep(random.uniform(0, min(self.cap, self.base * 2 ** min(n, 20))))
+            n += 1
 
 
 @dataclass
@@ -158,28 +171,34 @@ class Lab:
             ``(view decided on, new main commit or None, change.result)``.
         """
         fresh = view is not None
+        started, lost = time.monotonic(), 0
         for _ in self.backoff.delays():
-            if not fresh or view is None:
-                view = self.read()
-            fresh = False
-            change = decide(view)
-            if change is None:
-                return view, None, None
-            commit = self.build_main_commit(view, change)
-            try:
-                self.retry_transport(lambda c=commit, v=view: self.store.cas_main(c, v.main))
-            except Conflict:
-                # A push whose reply was lost and that is then retried reports a stale
-                # lease although it landed: main holding our commit means we won.
-                latest = self.read()
-                if not self.store.is_ancestor(commit, latest.main):
-                    self.stats["conflicts"] += 1
-                    view, fresh = latest, True
-                    continue
+            # Agents of this host take turns (they would only lose to each other).
+            with self.store.main_turn(timeout=MAIN_TURN_WAIT):
+                if not fresh or view is None:
+                    view = self.read()
+                fresh = False
+                change = decide(view)
+                if change is None:
+                    return view, None, None
+                commit = self.build_main_commit(view, change)
+                try:
+                    self.retry_transport(
+                        lambda c=commit, v=view: self.store.cas_main(c, v.main))
+                except Conflict:
+                    # A push whose reply was lost and that is then retried reports a
+                    # stale lease although it landed: main holding our commit means we won.
+                    latest = self.read()
+                    if not self.store.is_ancestor(commit, latest.main):
+                        self.stats["conflicts"] += 1
+                        lost += 1
+                        view, fresh = latest, True
+                        continue
             self.stats["main_commits"] += 1
             self._last = None  # our own write made the cached view stale
             return view, commit, change.result
-        raise TransportError(f"gave up committing to main of {self.store.url} after retries")
+        raise Contended(f"main of {redact(self.store.url)} kept moving: lost {lost} races in "
+                        f"{time.monotonic() - started:.0f}s; nothing was written, try again")
 
     def build_main_commit(self, view: LabView, change: MainChange) -> str:
         """Build (not push) the commit for ``change`` on ``view.main``."""
@@ -224,7 +243,13 @@ class Lab:
             None, FileChange(add=add), f"{message}\n\nAutolab-Agent: {self.agent}\n",
             agent=self.agent,
         )
-        self.retry_transport(lambda: self.store.create_ref(ref, commit))
+        try:
+            self.retry_transport(lambda: self.store.create_ref(ref, commit))
+        except Conflict:
+            # A create whose reply was lost and that was retried finds its own ref: the
+            # commit is unique to this call (fresh event ids), so holding it means we won.
+            if self.store.fetch_ref(ref) != commit:
+                raise
         self.stats["records"] += 1
         return commit
 

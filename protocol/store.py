@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 RECORD_PREFIX = "refs/autolab/"
@@ -160,6 +161,16 @@ class LabStore(ABC):
     def try_exclusive(self, seconds: float) -> bool:
         """Host-local rate limit for optional chores (folding); default: always yes."""
         return True
+
+    def main_turn(self, timeout: float) -> AbstractContextManager[object]:
+        """Take this host's turn at writing ``main`` (default: no turns).
+
+        Agents of one host that write ``main`` at once would only lose races to each
+        other; taking turns leaves them only the races against other hosts. Waiting is
+        bounded by ``timeout``, after which the writer goes ahead without its turn (a
+        stalled holder must never stop the others).
+        """
+        return nullcontext()
 
     @abstractmethod
     def push_ref(self, ref: str, commit: str, expected: str | None) -> None:

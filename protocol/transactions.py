@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from autolab.protocol.errors import AutoLabError, Conflict, NothingToDo, ResultMismatch
+from autolab.protocol.errors import (
+    AutoLabError,
+    Conflict,
+    Contended,
+    NothingToDo,
+    ResultMismatch,
+)
 from autolab.protocol.lab import Lab, MainChange, now, record_ref
 from autolab.protocol.patch_judge import judge_patch, promotable, result_commit_problem
 from autolab.protocol.patches import normalized_hash
@@ -178,7 +184,8 @@ def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
         lab.fold(view)
         return Claim(exp.id, attempt, lease_until, exp.patch, exp.patch_hash, exp.hypothesis,
                      exp.parent_commit, view.main)
-    raise NothingToDo("gave up claiming after repeated lost races")
+    raise NothingToDo("gave up claiming: every pick was lost to other agents until the "
+                      "deadline")
 
 
 def _still_ours(lab: Lab, experiment_id: str, attempt: int) -> bool:
@@ -308,7 +315,8 @@ def submit(lab: Lab, score: dict[str, Any], *, claimant_only: bool = False) -> S
             late = any(s["result_digest"] == digest and s["late"] for s in mine)
         lab.fold(view)
         return SubmitResult("late" if late else "recorded", eid, attempt, late)
-    raise AutoLabError(f"gave up submitting {eid} attempt {attempt} after repeated lost races")
+    raise Contended(f"gave up submitting {eid} attempt {attempt}: lost every race until the "
+                    "deadline")
 
 
 def record_unread(lab: Lab, score: dict[str, Any], claimed_until: datetime) -> bool:

@@ -1,6 +1,8 @@
 """The chaos run: a planner, a reporter and six workers on tiny-lm, with a random agent
-SIGKILLed and restarted about once a second, over a real ``git daemon``. Afterwards
-one agent drains the queue and the lab itself is checked for every invariant.
+SIGKILLed and restarted about once a second (half the workers under a fresh default
+id), over a real ``git daemon``. Afterwards one reaper round must end every claim the
+dead left, one agent drains the queue and the lab itself is checked for every
+invariant.
 
 Figures (agents killed, experiments completed, rows checked) are printed and written
 to ``$AUTOLAB_CHAOS_REPORT`` when set (docs/reliability.md quotes them).
@@ -72,7 +74,7 @@ def test_chaos_run_loses_nothing(tmp_path, git_daemon):
     swarm = Swarm(remote.url, workers=6, depth=3, log_dir=tmp_path / "logs", env=env)
     rng = random.Random(int(os.environ.get("AUTOLAB_CHAOS_SEED", "7")))
 
-    kills, died_alone = 0, []
+    kills, fresh_ids, died_alone = 0, 0, []
     swarm.start()
     start = time.monotonic()
     try:
@@ -88,7 +90,11 @@ def test_chaos_run_loses_nothing(tmp_path, git_daemon):
             swarm.procs[victim].kill()
             swarm.procs[victim].wait()
             kills += 1
-            swarm.restart(victim)
+            # Half the workers come back under a fresh default id (as one started again
+            # by hand would): nobody ever restarts under the dead one's id.
+            fresh = victim.startswith("worker") and rng.random() < 0.5
+            fresh_ids += fresh
+            swarm.restart(victim, fresh_id=fresh)
     finally:
         exits = swarm.stop(grace=30)
     chaos_s = time.monotonic() - start
@@ -98,8 +104,20 @@ def test_chaos_run_loses_nothing(tmp_path, git_daemon):
     # 0: stopped cleanly; -15: SIGTERM came while a just-restarted agent was starting.
     assert set(exits.values()) <= {0, -15}, (exits, logs)
 
-    # One agent drains the queue: reap what dead workers left, run everything left.
+    # Every agent is gone now: one reaper round on this host ends every claim left, at
+    # once, long before the leases (35 s) of the last ones would run out.
     lab = Lab.open(remote.url, "checker")
+    left = lab.read().state.by_state("claimed")
+    run_cli("reporter", "--once", "--lab", remote.url, "--agent", "one-round", env=env,
+            check=True)
+    after = lab.read().state
+    assert not after.by_state("claimed"), [(e.id, e.agent) for e in after.by_state("claimed")]
+    quick = [e for e in left if e.lease_until.timestamp() > time.time()]
+    assert all(after.experiments[e.id].attempt == e.attempt and
+               after.experiments[e.id].outcomes.get(e.attempt) in ("expired", "failed")
+               for e in quick)
+
+    # One agent drains the queue: reap what dead workers left, run everything left.
     deadline = time.monotonic() + 3 * TIMEOUT + 60
     while True:
         run_cli("reporter", "--once", "--lab", remote.url, "--agent", "drain", env=env,
@@ -186,6 +204,10 @@ def test_chaos_run_loses_nothing(tmp_path, git_daemon):
                                 and (r["reason"] or "").startswith("its worker died")),
         "expired_leases": sum(1 for r in queue if r["event"] == "expired"
                               and (r["reason"] or "").startswith("lease of")),
+        "fresh_id_restarts": fresh_ids,
+        "ended_as_dead_on_host": sum(1 for r in queue if r["event"] in ("expired", "failed")
+                                     and "process on this host" in (r["reason"] or "")),
+        "left_claimed_at_stop": len(left),
         "best_metric": best["metric"],
     }
     print("chaos:", json.dumps(figures))

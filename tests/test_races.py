@@ -128,3 +128,37 @@ def test_two_processes_promote_at_once_main_ends_with_the_better(remote, tmp_pat
         "show", f"{heads['0002']}:experiment.py")
     metrics = [p["metric"] for p in state.promotions]
     assert metrics == sorted(metrics, reverse=True)  # every promotion improved on the last
+
+
+def _propose_many(url: str, cache: str, agent: str, count: int, barrier) -> list[str]:
+    os.environ["AUTOLAB_CACHE"] = cache
+    from .conftest import knob_patch_text
+
+    lab = Lab.open(url, agent)
+    lab.read()
+    barrier.wait()
+    ids: list[str] = []
+    for n in range(count):
+        # A distinct patch per proposal (X = 0.01 ... 1.60), each its own commit.
+        value = (int(agent[1:]) * count + n + 1) / 100
+        [eid] = tx.propose(lab, [tx.Proposal(f"{agent} #{n}", knob_patch_text(value))])
+        assert eid is not None
+        ids.append(eid)
+    return ids
+
+
+def test_sixteen_processes_proposing_at_once_all_land(daemon_remote, tmp_path):
+    """Lost races for main are never an error while time is left (a deadline, not a count
+    of lost races): every proposal lands, under contention of 16 processes."""
+    remote = daemon_remote
+    procs, count = 16, 8
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Manager().Barrier(procs)
+    with ctx.Pool(procs) as pool:
+        results = [pool.apply_async(_propose_many, (remote.url, str(tmp_path / f"c{n}"),
+                                                    f"p{n}", count, barrier))
+                   for n in range(procs)]
+        ids = [eid for r in results for eid in r.get(timeout=600)]
+    assert len(ids) == procs * count and len(set(ids)) == procs * count
+    state = Lab.open(remote.url, "check").read().state
+    assert sorted(state.experiments) == sorted(ids)

@@ -1,10 +1,13 @@
-"""Claims under contention: the Git bus against a naive fetch + commit + push loop.
+"""Claims and proposals under contention: the Git bus against a naive fetch + commit +
+push loop.
 
 For N concurrent agent *processes* and each remote kind (a bare repo on a filesystem
 path, and ``git daemon`` on 127.0.0.1), the benchmark runs for ``--seconds``:
 
 * ``claim``: every agent loops ``transactions.claim`` (one long-lived ``Lab`` per
   process, as ``--loop`` agents do; agents share the host's cache clone);
+* ``propose``: 1, 8 and 16 processes (``--proposers``) loop ``transactions.propose``,
+  one experiment per compare-and-swap commit of ``main`` (the contended write);
 * ``naive``: every agent loops the naive protocol on its own clone: ``git fetch``,
   reset, write a file, ``git commit``, ``git push origin HEAD:main``, retrying on
   rejection; this is the baseline, measured in the same run.
@@ -98,6 +101,38 @@ def claim_agent(url: str, cache: str, agent: str, seconds: float, barrier, out) 
     out.put((agent, lat, ids, retries, time.time(), phases))
 
 
+def propose_agent(url: str, cache: str, agent: str, seconds: float, barrier, out) -> None:
+    """Loop ``transactions.propose`` (one experiment per main commit) for ``seconds``."""
+    os.environ["AUTOLAB_CACHE"] = cache
+    from autolab.protocol import transactions as tx
+    from autolab.protocol.errors import AutoLabError
+    from autolab.protocol.lab import Lab
+
+    lab = Lab.open(url, agent)
+    lab.read()
+    barrier.wait()
+    end = time.time() + seconds
+    lat, ids, retries, failed = [], [], [], 0
+    n = 0
+    while time.time() < end:
+        # Distinct patches (knob values keep 4 significant digits): 1.000 ... 5.799.
+        value = round(1 + (int(agent[1:]) * 300 + n % 300) * 0.001, 3)
+        n += 1
+        lost = lab.stats["conflicts"]
+        start = time.perf_counter()
+        try:
+            [eid] = tx.propose(lab, [tx.Proposal(f"{agent} {n}", knob_patch_text(value))])
+        except AutoLabError as exc:
+            failed += 1
+            print(f"{agent}: {exc}", file=sys.stderr, flush=True)
+            continue
+        lat.append(time.perf_counter() - start)
+        retries.append(lab.stats["conflicts"] - lost)
+        if eid is not None:
+            ids.append(eid)
+    out.put((agent, lat, ids, retries, time.time(), {"failed": float(failed)}))
+
+
 def _time_phase(obj, name: str, phases: dict, key: str) -> None:
     """Wrap ``obj.name`` to add its wall time to ``phases[key]`` (where time goes)."""
     inner = getattr(obj, name)
@@ -147,6 +182,9 @@ def run(kind: str, mode: str, url: str, agents: int, seconds: float, tmp: Path) 
         if mode == "claim":
             args = (url, str(tmp / "cache"), f"a{n}", seconds, barrier, out)
             target = claim_agent
+        elif mode == "propose":
+            args = (url, str(tmp / "cache"), f"a{n}", seconds, barrier, out)
+            target = propose_agent
         else:
             args = (url, str(tmp / f"raw{n}"), f"r{n}", seconds, barrier, out)
             target = raw_agent
@@ -164,7 +202,8 @@ def run(kind: str, mode: str, url: str, agents: int, seconds: float, tmp: Path) 
     phases: dict[str, float] = {}
     for r in results:
         for key, value in r[5].items():
-            phases[key] = phases.get(key, 0.0) + value / max(1, len(lat))
+            scale = 1 if key == "failed" else max(1, len(lat))
+            phases[key] = phases.get(key, 0.0) + value / scale
     return {"phases": phases, "remote": kind, "mode": mode, "agents": agents, "ops": len(lat),
             "rate": len(lat) / elapsed, "p50": _percentile(lat, 0.5),
             "p95": _percentile(lat, 0.95), "p99": _percentile(lat, 0.99),
@@ -190,6 +229,15 @@ def make_lab(kind: str, tmp: Path, daemon: GitDaemon, experiments: int) -> str:
     return url
 
 
+def verify_proposals(url: str, tmp: Path, ids: list[str], failed: float) -> str:
+    from autolab.protocol.lab import Lab
+
+    os.environ["AUTOLAB_CACHE"] = str(tmp / "verify-cache")
+    state = Lab.open(url, "verify").read().state
+    landed = set(ids) <= set(state.experiments) and len(ids) == len(set(ids))
+    return "yes" if landed and not failed else f"NO ({int(failed)} failed, landed {landed})"
+
+
 def verify(url: str, tmp: Path, ids: list[str]) -> str:
     from autolab.protocol.lab import Lab
 
@@ -207,6 +255,8 @@ def main() -> None:
     parser.add_argument("--remotes", default="path,daemon")
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--experiments", type=int, default=3000)
+    parser.add_argument("--proposers", default="1,8,16",
+                        help="proposer counts for the propose loop ('' to skip)")
     args = parser.parse_args()
     counts = [int(n) for n in args.agents.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="autolab-bench-"))
@@ -225,6 +275,12 @@ def main() -> None:
                 rows.append(row)
                 print(_line(rows[-2]), flush=True)
                 print(_line(rows[-1]), flush=True)
+            for n in [int(p) for p in args.proposers.split(",") if p]:
+                url = make_lab(kind, tmp, daemon, 1)
+                row = run(kind, "propose", url, n, args.seconds, tmp / f"propose-{kind}-{n}")
+                row["once"] = verify_proposals(url, tmp, row["ids"], row["phases"]["failed"])
+                rows.append(row)
+                print(_line(rows[-1]), flush=True)
     finally:
         daemon.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -242,7 +298,8 @@ def _line(r: dict) -> str:
 def _table(rows: list[dict]) -> str:
     base = {r["remote"]: r for r in rows if r["mode"] == "naive" and r["agents"] == 1}
     head = ("| remote | loop | agents | ops/s | x raw N=1 | p50 s | p95 s | p99 s | "
-            "retries/op | each claim once |\n|---|---|---|---|---|---|---|---|---|---|")
+            "retries/op | each claim once / every proposal landed |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         ratio = r["rate"] / base[r["remote"]]["rate"] if r["remote"] in base else float("nan")
