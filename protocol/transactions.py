@@ -319,7 +319,7 @@ def submit(lab: Lab, score: dict[str, Any], *, claimant_only: bool = False) -> S
                     "deadline")
 
 
-def record_unread(lab: Lab, score: dict[str, Any], claimed_until: datetime) -> bool:
+def record_unread(lab: Lab, score: dict[str, Any], claimed_until: datetime | None) -> bool:
     """Record a finished attempt's result without reading ``main`` (it cannot be read).
 
     A result is a create-only record ref and needs nothing from ``main``: when a foreign
@@ -335,7 +335,7 @@ def record_unread(lab: Lab, score: dict[str, Any], claimed_until: datetime) -> b
         is too late to tell.
     """
     eid, attempt = score["experiment_id"], score["attempt"]
-    if now() >= claimed_until + timedelta(seconds=lab.ref_grace):
+    if claimed_until is None or now() >= claimed_until + timedelta(seconds=lab.ref_grace):
         return False
     try:
         lab.create_record(record_ref("results", eid, attempt), {"scores": [score]},
