@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import base64
 import html
-import random
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from autolab.protocol.lab import Backoff
 from autolab.protocol.reader import LabView
 from autolab.protocol.store import FileChange, LabStore
 from autolab.scoreboard.report_data import (
@@ -366,15 +365,17 @@ this page are the same figures.</footer>
 
 
 def publish(store: LabStore, files: dict[str, bytes], message: str, *,
-            agent: str = "autolab", attempts: int = 6) -> str:
+            agent: str = "autolab", backoff: Backoff | None = None) -> str:
     """Commit ``files`` as the whole tree of ``autolab/report`` on top of its current
     head (so the branch keeps the reports' history) and push it by compare-and-swap.
 
-    Returns the new commit. Raises Conflict if every attempt lost a race.
+    Returns the new commit. Raises Conflict if every race until ``backoff``'s deadline
+    (30 s by default) was lost.
     """
     from autolab.protocol.errors import Conflict
 
-    for n in range(attempts):
+    lost: Conflict | None = None
+    for _ in (backoff or Backoff(deadline=30.0, base=0.05)).delays():
         old = store.fetch_ref(REPORT_REF)
         # Files of an older report that this one lacks (e.g. a failures chart) go.
         stale = [p for p in store.list_files(old) if p not in files] if old else []
@@ -383,8 +384,7 @@ def publish(store: LabStore, files: dict[str, bytes], message: str, *,
         try:
             store.push_ref(REPORT_REF, commit, old)
             return commit
-        except Conflict:
-            if n == attempts - 1:
-                raise
-            time.sleep(random.uniform(0, min(1.0, 0.05 * 2**n)))  # another reporter won
-    raise AssertionError("unreachable")
+        except Conflict as exc:
+            lost = exc  # another reporter won: build again on its report
+    assert lost is not None
+    raise lost
