@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from autolab.agents.run_logs import LOG_REFS
 from autolab.protocol import compute
 from autolab.protocol import transactions as tx
 from autolab.protocol.errors import AutoLabError
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from autolab.protocol.state import Experiment
 
 BACKEND = "hf-jobs"
-LOG_REFS = "refs/autolab-logs/"
 LOG_CAP_BYTES = 4 * 1024 * 1024  # the end of a job's log is what matters
 _LABEL_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 _TERMINAL = ("COMPLETED", "CANCELED", "ERROR", "DELETED")

@@ -32,6 +32,7 @@ def _register() -> None:
     from autolab.agents.cli import (
         cmd_agents,
         cmd_hf,
+        cmd_inspect,
         cmd_lab,
         cmd_queue,
         cmd_read,
@@ -39,7 +40,8 @@ def _register() -> None:
         cmd_trackio,
     )
 
-    for module in (cmd_lab, cmd_queue, cmd_read, cmd_agents, cmd_hf, cmd_report, cmd_trackio):
+    for module in (cmd_lab, cmd_queue, cmd_read, cmd_inspect, cmd_agents, cmd_hf, cmd_report,
+                   cmd_trackio):
         module.register(app)
 
 

@@ -99,7 +99,9 @@ def worker(
     if backend != "local":
         raise AutoLabError(f"unknown backend {backend!r}; available: local, hf-jobs")
     the_lab = open_lab(lab, agent)
-    logs = log_dir or Path(the_lab.store.path).with_suffix(".logs")
+    from autolab.agents.run_logs import default_log_dir
+
+    logs = log_dir or default_log_dir(the_lab)
     work = Worker(the_lab, LocalBackend(), logs, say=_say(f"worker {the_lab.agent}"))
     _stop_on_sigterm()
     from autolab.agents.backends import sandbox
