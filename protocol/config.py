@@ -6,9 +6,12 @@ A bad file fails with one line naming the key and what was expected, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
+import typing
 from dataclasses import dataclass, field
+from types import UnionType
 from typing import Any
 
 from autolab.protocol.errors import ConfigError
@@ -97,8 +100,54 @@ class LabConfig:
         return tuple(dict.fromkeys((*self.protected, *ALWAYS_PROTECTED)))
 
 
-_SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
-    # section -> key -> (accepted types, required)
+_Types = type | tuple[type, ...]
+
+
+def _section_schema(cls: type, skip: tuple[str, ...] = ()) -> dict[str, tuple[_Types, bool]]:
+    """The TOML keys of a section that maps one to one onto the dataclass ``cls``: each
+    field's TOML types (from its annotation) and whether it is required (no default)."""
+    hints = typing.get_type_hints(cls)
+    schema: dict[str, tuple[_Types, bool]] = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if isinstance(hint, UnionType) or typing.get_origin(hint) is typing.Union:
+            hint = args[0]  # X | None: the key is X when given
+        origin = typing.get_origin(hint) or hint
+        toml = {float: (int, float), int: int, str: str, bool: bool, tuple: list,
+                list: list, dict: dict}[origin]
+        required = (f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING)  # type: ignore[misc]
+        schema[f.name] = (toml, required)
+    return schema
+
+
+def _from_section(cls: type, body: dict[str, Any]) -> Any:
+    """``cls`` built from a checked section: lists become tuples, tables dicts, and
+    integers floats where the field is a float."""
+    hints = typing.get_type_hints(cls)
+    given: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in body:
+            continue
+        value, hint = body[f.name], hints[f.name]
+        kinds = set(typing.get_args(hint)) | {typing.get_origin(hint) or hint}
+        if float in kinds and isinstance(value, int):
+            value = float(value)
+        elif tuple in kinds:
+            value = tuple(value)
+        elif dict in kinds:
+            value = dict(value)
+        given[f.name] = value
+    return cls(**given)
+
+
+# section -> key -> (accepted types, required). The sections that hold one dataclass
+# (policy, hf_jobs, a knob) are derived from it; the others map onto LabConfig fields
+# under other names.
+_SCHEMA: dict[str, dict[str, tuple[_Types, bool]]] = {
     "lab": {"name": (str, False), "description": (str, False)},
     "metric": {
         "name": (str, True),
@@ -108,27 +157,10 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool]]] = {
     },
     "run": {"command": (str, True), "timeout": ((int, float), True), "env": (dict, False)},
     "paths": {"editable": (list, True), "protected": (list, False), "binary": (bool, False)},
-    "policy": {
-        "min_delta": ((int, float), False),
-        "max_attempts": (int, False),
-        "lease_margin": ((int, float), False),
-        "max_usd": ((int, float), False),
-    },
-    "hf_jobs": {
-        "flavor": (str, False), "image": (str, False), "namespace": (str, False),
-        "timeout": ((int, float), False), "secrets": (list, False), "env": (dict, False),
-        "volumes": (list, False), "labels": (dict, False), "install": (str, False),
-        "lab_url": (str, False),
-    },
+    "policy": _section_schema(Policy),
+    "hf_jobs": _section_schema(HfJobsConfig),
 }
-_KNOB_KEYS = {
-    "file": str,
-    "type": str,
-    "low": (int, float),
-    "high": (int, float),
-    "log": bool,
-    "choices": list,
-}
+_KNOB_KEYS = {key: types for key, (types, _) in _section_schema(Knob, skip=("name",)).items()}
 
 
 def _type_name(types: type | tuple[type, ...]) -> str:
@@ -205,12 +237,7 @@ def parse_config(text: str) -> LabConfig:
         raise _fail("paths.editable", "at least one editable path", [])
     _check_disjoint(tuple(paths["editable"]),
                     tuple(dict.fromkeys((*paths.get("protected", []), *ALWAYS_PROTECTED))))
-    pol = Policy(
-        min_delta=float(policy.get("min_delta", 0.0)),
-        max_attempts=int(policy.get("max_attempts", 3)),
-        lease_margin=float(policy.get("lease_margin", 60.0)),
-        max_usd=float(policy["max_usd"]) if "max_usd" in policy else None,
-    )
+    pol: Policy = _from_section(Policy, policy)
     if pol.max_usd is not None and pol.max_usd < 0:
         raise _fail("policy.max_usd", "a number >= 0", pol.max_usd)
     if pol.min_delta < 0:
@@ -271,19 +298,7 @@ def _parse_hf_jobs(body: dict[str, Any]) -> HfJobsConfig:
                 raise _fail(f"hf_jobs.{key}.{name}", "a string", value)
     if "timeout" in body and not body["timeout"] > 0:
         raise _fail("hf_jobs.timeout", "a positive number of seconds", body["timeout"])
-    defaults = HfJobsConfig()
-    return HfJobsConfig(
-        flavor=body.get("flavor", defaults.flavor),
-        image=body.get("image", defaults.image),
-        namespace=body.get("namespace"),
-        timeout=float(body["timeout"]) if "timeout" in body else None,
-        secrets=tuple(body.get("secrets", defaults.secrets)),
-        env=dict(body.get("env", {})),
-        volumes=tuple(body.get("volumes", ())),
-        labels=dict(body.get("labels", {})),
-        install=body.get("install", ""),
-        lab_url=body.get("lab_url"),
-    )
+    return _from_section(HfJobsConfig, body)
 
 
 def _parse_knobs(raw: Any, editable: tuple[str, ...]) -> dict[str, Knob]:
