@@ -48,3 +48,23 @@ def test_bad_config_names_the_key(old, new, key):
 def test_not_toml():
     with pytest.raises(ConfigError, match="not valid TOML"):
         parse_config("[metric\nname=")
+
+
+def test_docs_lab_md_documents_every_key_of_autolab_toml():
+    """docs/lab.md is the reference: every key the parser accepts is in its section."""
+    import re
+    from pathlib import Path
+
+    from autolab.protocol.config import _KNOB_KEYS, _SCHEMA
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "lab.md").read_text()
+    sections = {m["name"]: m.start() for m in re.finditer(r"^### `\[(?P<name>[^\]]+)\]`",
+                                                           text, re.M)}
+    expected = {**{s: list(keys) for s, keys in _SCHEMA.items()}, "knobs.NAME": list(_KNOB_KEYS)}
+    for section, keys in expected.items():
+        assert section in sections, f"docs/lab.md has no [{section}] section"
+        start = sections[section]
+        end = min([p for p in sections.values() if p > start] + [len(text)])
+        body = text[start:end]
+        for key in keys:
+            assert f"`{key}`" in body, f"docs/lab.md [{section}] does not document {key}"
