@@ -42,6 +42,7 @@ from autolab.protocol.git_cli import (
     OID,
     CacheDamaged,
     cache_root,
+    explain_rejections,
     first_error,
     git_env,
     last_line,
@@ -476,6 +477,7 @@ class GitStore(LabStore):
             parts = line.split("\t")
             if len(parts) >= 3 and ":" in parts[1]:
                 result[parts[1].split(":", 1)[1]] = (parts[0], parts[2])
+        result = explain_rejections(result, proc.stderr)
         if proc.returncode != 0 and not result:
             raise TransportError(
                 f"cannot push to {redact(self.url)}: {redact(last_line(proc.stderr))}"
