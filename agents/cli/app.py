@@ -23,6 +23,8 @@ app = typer.Typer(
     "main branch holds the research code, a protected evaluation harness, and the "
     "shared job queue and score table (parquet). Agents coordinate only through "
     "compare-and-swap pushes.",
+    epilog="Exit codes: 0 success, 1 error, 2 usage error, 3 nothing to do (README.md, "
+    "Exit codes).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

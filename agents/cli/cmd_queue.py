@@ -178,26 +178,34 @@ def _check_branch_commit(the_lab, view, experiment: str, commit: str) -> None:  
 
 def promote(experiment: Annotated[str, typer.Argument(help="Experiment id.")],
             lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
-    """Merge an experiment into main if it beats the current best by the lab's policy."""
+    """Merge an experiment into main if it beats the current best by the lab's policy.
+
+    Exit code 3 when it is not promoted (the reason on stderr), 1 for an unknown
+    experiment.
+    """
+    from autolab.protocol.errors import AutoLabError, NothingToDo
     from autolab.protocol.transactions import promote as do_promote
 
     outcome = do_promote(open_lab(lab, agent), experiment)
+    if not outcome.promoted and outcome.reason.startswith("unknown experiment"):
+        raise AutoLabError(outcome.reason)  # a wrong id is an error, not nothing to do
     if as_json:
         print_json(outcome.__dict__)
-    else:
-        typer.echo(f"promoted {experiment} ({outcome.commit[:12]})" if outcome.promoted  # type: ignore[index]
-                   else f"not promoted: {outcome.reason}")
+    elif outcome.promoted:
+        typer.echo(f"promoted {experiment} ({outcome.commit[:12]})")  # type: ignore[index]
     if not outcome.promoted:
-        raise typer.Exit(3)
+        raise NothingToDo(f"not promoted: {outcome.reason}")
 
 
 def reap(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
     """End attempts whose lease expired (re-queued, or failed after max_attempts).
 
     Attempts running as HF jobs are checked with the Jobs API first: a running job
-    keeps its lease; one that ended without a score is settled from its logs.
+    keeps its lease; one that ended without a score is settled from its logs. Exit
+    code 3 when no attempt was ended.
     """
     from autolab.agents.reaping import reap as do_reap
+    from autolab.protocol.errors import NothingToDo
 
     lines: list[str] = []
     done = do_reap(open_lab(lab, agent), say=lines.append)
@@ -206,22 +214,33 @@ def reap(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -
     else:
         for line in lines:
             typer.echo(line)
-        typer.echo(f"reaped {len(done)}")
+        if done:
+            typer.echo(f"reaped {len(done)}")
+    if not done:
+        raise NothingToDo("nothing to reap: no lease has expired")
 
 
 def compact(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
-    """Fold record refs into main, then rewrite each table's shards as one shard."""
+    """Fold record refs into main, then rewrite each table's shards as one shard.
+
+    Exit code 3 when there was nothing to fold or compact.
+    """
+    from autolab.protocol.errors import NothingToDo
     from autolab.protocol.transactions import compact as do_compact
 
     the_lab = open_lab(lab, agent)
     with _working("folding record refs and compacting shards", quiet=as_json):
-        the_lab.fold(always=True)
+        folded = the_lab.fold(always=True)
         report = do_compact(the_lab)
     if as_json:
         print_json(report.__dict__)
-    else:
+    elif report.commit:
         typer.echo(f"compacted {sum(report.shards_before.values())} shards into "
-                   f"{len(report.rows)} ({report.commit[:12] if report.commit else 'no change'})")
+                   f"{len(report.rows)} ({report.commit[:12]})")
+    elif folded:
+        typer.echo(f"folded record refs into main ({folded[:12]}); shards already compact")
+    if not report.commit and not folded:
+        raise NothingToDo("nothing to compact: no record refs to fold, one shard per table")
 
 
 def _working(what: str, *, quiet: bool):  # noqa: ANN202
