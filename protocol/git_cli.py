@@ -21,9 +21,15 @@ OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object ids
 # Rejections that mean "another writer won", as opposed to a broken transport.
 LOST_RACE = ("stale info", "fetch first", "non-fast-forward", "already exists")
 # The porcelain summaries receive-pack gives when its own ref transaction fails (as
-# opposed to a hook or a policy declining the update).
+# opposed to a hook or a policy declining the update): the reason is on stderr.
 REF_UPDATE_FAILED = ("[remote rejected] (failed to update ref)",
-                     "[remote rejected] (failed to delete)")
+                     "[remote rejected] (failed to delete)",
+                     "[remote rejected] (cannot lock ref")
+# Newer receive-packs (git 2.50 on) name the failure in the summary itself; these mean
+# the ref moved (or appeared, or went) between the lease check and the update.
+RACE_REJECTIONS = ("[remote rejected] (incorrect old value provided)",
+                   "[remote rejected] (reference already exists)",
+                   "[remote rejected] (reference does not exist)")
 # Why receive-pack could not lock a ref, when that means another writer got there
 # between our lease check and the update: the ref moved ("is at X but expected Y"), a
 # ref we create appeared, or another push holds the ref's lock right now. Anything
@@ -120,7 +126,8 @@ def explain_rejections(status: dict[str, tuple[str, str]], stderr: str
         if flag != "!" or summary.strip() not in REF_UPDATE_FAILED:
             continue
         marker = f"cannot lock ref '{ref}': "
-        for line in stderr.splitlines():
+        # The last such line: receive-pack's own, after anything a hook printed.
+        for line in reversed(stderr.splitlines()):
             at = line.find(marker)
             if at >= 0 and line.startswith("remote:"):
                 why = line[at + len(marker):].strip()[:300]
@@ -135,6 +142,8 @@ def lost_race(summary: str) -> bool:
     if "remote rejected" in summary:
         # Only receive-pack's own failed ref update, for a reason that is contention; a
         # hook declining ("pre-receive hook declined") is never a race.
+        if summary.startswith(RACE_REJECTIONS):
+            return True
         return summary.startswith(REF_UPDATE_FAILED) and "cannot lock ref" in summary and \
             any(word in summary for word in LOCK_LOST)
     return any(word in summary for word in LOST_RACE)

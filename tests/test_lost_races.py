@@ -176,3 +176,40 @@ def test_a_hook_quoting_a_lock_failure_is_still_a_refusal(any_remote, tmp_path):
     with pytest.raises(TransportError) as info:
         store.cas_main(new, base)
     assert not isinstance(info.value, Conflict)
+
+
+RACE = "5" * 40
+SUMMARIES = {
+    # git up to 2.49: the reason is on stderr, and explain_rejections appends it.
+    "[remote rejected] (failed to update ref): cannot lock ref 'refs/heads/main': "
+    f"is at {RACE} but expected {RACE}": True,
+    "[remote rejected] (failed to update ref): cannot lock ref 'refs/heads/main': "
+    "Unable to create '/lab.git/refs/heads/main.lock': File exists.": True,
+    "[remote rejected] (failed to update ref): cannot lock ref "
+    "'refs/autolab/claims/0001/1': reference already exists": True,
+    # git 2.50 on: receive-pack names the failure in the status line.
+    "[remote rejected] (incorrect old value provided)": True,
+    "[remote rejected] (reference already exists)": True,
+    # Some servers put git's lock message in the status line.
+    f"[remote rejected] (cannot lock ref 'refs/heads/main': is at {RACE} but expected "
+    f"{RACE})": True,
+    # Client-side lease and fast-forward checks.
+    "[rejected] (stale info)": True,
+    "[rejected] (fetch first)": True,
+    # Refusals: retrying the same decision would not help.
+    "[remote rejected] (pre-receive hook declined)": False,
+    "[remote rejected] (hook declined)": False,
+    "[remote rejected] (failed to update ref)": False,  # no reason given
+    "[remote rejected] (failed to update ref): cannot lock ref 'refs/heads/main': "
+    "Unable to create '/lab.git/refs/heads/main.lock': Permission denied": False,
+    "[remote rejected] (refname conflict)": False,
+    "[remote rejected] (deny updating a hidden ref)": False,
+    "[remote rejected] (shallow update not allowed)": False,
+}
+
+
+@pytest.mark.parametrize("summary", list(SUMMARIES))
+def test_only_contention_in_a_rejection_is_a_lost_race(summary):
+    from autolab.protocol.git_cli import lost_race
+
+    assert lost_race(summary) is SUMMARIES[summary]
