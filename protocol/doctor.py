@@ -280,9 +280,14 @@ def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
                         continue
                     why = exc.reason
             if why is not None:
-                target = f"{QUARANTINE_DIR}/{table}/{_plain_name(path.rsplit('/', 1)[1])}"
-                if target in taken:
-                    target = f"{target}.{blob[:8]}"
+                base = f"{QUARANTINE_DIR}/{table}/{_plain_name(path.rsplit('/', 1)[1])}"
+                target, n = base, 0
+                # Taken on main, or by another file of this repair (a name that is not
+                # UTF-8 and its %-spelling map to one): never overwrite a kept file.
+                while target in taken:
+                    n += 1
+                    target = f"{base}.{blob[:8]}" + (f".{n}" if n > 1 else "")
+                taken.add(target)
                 plan.quarantine[path] = (blob, target, why)
                 continue
             readable.append((table, path, blob, rows))

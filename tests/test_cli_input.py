@@ -82,14 +82,24 @@ def test_non_utf8_agent_from_the_environment_is_refused(daemon_remote):
     assert proc.returncode == 2 and "$AUTOLAB_AGENT: not UTF-8 text (byte 0xff" in line
 
 
+NAMES = {  # file name on main: (how messages show it, its name in the quarantine)
+    "not UTF-8": (b"000000000099-intruder-\xff\xfe.parquet",
+                  "000000000099-intruder-\\xff\\xfe.parquet",
+                  "000000000099-intruder-%FF%FE.parquet"),
+    "control characters": (b"evil\nname\x1b[31m.parquet", "evil\\x0aname\\x1b[31m.parquet",
+                           "evil%0Aname%1B%5B31m.parquet"),
+}
+
+
 @pytest.mark.parametrize("table", ["scores", "queue"])
+@pytest.mark.parametrize("kind", sorted(NAMES))
 def test_shard_file_name_with_invalid_bytes_is_reported_and_quarantined(remote, tmp_path,
-                                                                         table):
+                                                                         table, kind):
+    raw, plain, quarantined = NAMES[kind]
     lab = Lab.open(remote.url, "agent")
     propose_x(lab, 1.0)
-    name = b"000000000099-intruder-\xff\xfe.parquet"
-    rel = os.fsdecode(f".autolab/{table}/".encode() + name)  # surrogate-escaped, like argv
-    shown = f".autolab/{table}/000000000099-intruder-\\xff\\xfe.parquet"
+    rel = os.fsdecode(f".autolab/{table}/".encode() + raw)  # surrogate-escaped, like argv
+    shown = f".autolab/{table}/{plain}"
     data = b"anything at all"
     commit = _push_file(remote, tmp_path, rel, data)
 
@@ -106,7 +116,7 @@ def test_shard_file_name_with_invalid_bytes_is_reported_and_quarantined(remote, 
 
     fixed = run_cli("doctor", "--fix", "--lab", remote.url, env=STRICT)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
-    target = f".autolab/quarantine/{table}/000000000099-intruder-%FF%FE.parquet"
+    target = f".autolab/quarantine/{table}/{quarantined}"
     assert f"quarantined {shown} -> {target}" in fixed.stdout
     assert _blob(remote, f"main:{target}") == data  # bytes kept, under a printable name
     assert shown in remote.git("log", "-1", "--format=%B", "main")
@@ -114,6 +124,25 @@ def test_shard_file_name_with_invalid_bytes_is_reported_and_quarantined(remote, 
     assert [e.state for e in state.experiments.values()] == ["queued"]
     assert run_cli("status", "--lab", remote.url, env=STRICT).returncode == 0
     assert run_cli("doctor", "--lab", remote.url, env=STRICT).returncode == 0
+
+
+def test_quarantine_never_overwrites_a_file_whose_name_maps_to_the_same(daemon_remote,
+                                                                        tmp_path):
+    """``\\xff.parquet`` is quarantined as ``%FF.parquet``: a file already called that
+    (quarantined in the same repair) keeps its own bytes under its own name."""
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", daemon_remote.url, str(work)], check=True)
+    (work / ".autolab" / "scores").mkdir(parents=True)
+    (work / ".autolab" / "scores" / os.fsdecode(b"\xff.parquet")).write_bytes(b"first")
+    (work / ".autolab" / "scores" / "%FF.parquet").write_bytes(b"second")
+    for cmd in (["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm",
+                                "x"], ["push", "-q", "origin", "HEAD:main"]):
+        subprocess.run(["git", *cmd], cwd=work, check=True)
+    fixed = run_cli("doctor", "--fix", "--lab", daemon_remote.url, env=STRICT)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    held = daemon_remote.git("ls-tree", "--name-only", "main", ".autolab/quarantine/scores/")
+    kept = sorted(_blob(daemon_remote, f"main:{p}") for p in held.splitlines())
+    assert kept == [b"first", b"second"], held
 
 
 def test_record_ref_name_with_invalid_bytes_is_reported_and_quarantined(remote):
