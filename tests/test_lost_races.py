@@ -69,6 +69,7 @@ def _doctors(url: str, count: int, tmp_path: Path) -> list[subprocess.CompletedP
     return done
 
 
+@pytest.mark.slow
 def test_concurrent_doctor_fix_loser_replans_instead_of_remote_rejected(remote, tmp_path):
     ref = _damage(remote, tmp_path)
     assert run_cli("doctor", "--lab", remote.url).returncode == 1
