@@ -4,6 +4,7 @@ quarantined like any other bad shard."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -165,6 +166,64 @@ def test_record_ref_name_with_invalid_bytes_is_reported_and_quarantined(remote):
                           check=True, capture_output=True).stdout.splitlines()
     assert refs == [b"refs/autolab-quarantine/autolab/claims/0001/%FF", b"refs/heads/main"]
     assert run_cli("doctor", "--lab", remote.url, env=STRICT).returncode == 0
+
+
+def test_shard_with_a_string_that_is_not_utf8_is_a_bad_shard(remote, tmp_path):
+    """Parquet readers do not check that strings are UTF-8: such a shard is refused when
+    read, naming the file and the column, and doctor --fix quarantines it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .test_bad_input import _parquet
+
+    lab = Lab.open(remote.url, "agent")
+    propose_x(lab, 1.0)
+    propose_x(lab, 2.0)
+    path, blob = sorted(lab.store.list_dir(lab.read().main, ".autolab/queue").items())[-1]
+    table = pq.read_table(io.BytesIO(lab.store.read_blob(blob)))
+    index = table.schema.get_field_index("hypothesis")
+    bad = pa.array([b"set X \xff"] * table.num_rows, pa.binary()).view(pa.string())
+    data = _parquet(table.set_column(index, table.schema.field(index), bad))
+    commit = _push_file(remote, tmp_path, path, data)
+
+    status = run_cli("status", "--lab", remote.url, env=STRICT)
+    line = _one_line(status.stderr)
+    assert status.returncode == 1
+    assert f"bad shard {path} at commit {commit[:12]}: column 'hypothesis' is not UTF-8" in line
+    sql = run_cli("sql", "--lab", remote.url, "SELECT hypothesis FROM experiments", env=STRICT)
+    assert sql.returncode == 1 and "column 'hypothesis' is not UTF-8" in _one_line(sql.stderr)
+    doctor = run_cli("doctor", "--lab", remote.url, env=STRICT)
+    assert doctor.returncode == 1 and "column 'hypothesis' is not UTF-8" in doctor.stdout
+    fixed = run_cli("doctor", "--fix", "--lab", remote.url, env=STRICT)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert f"quarantined {path} -> .autolab/quarantine/queue/" in fixed.stdout
+    state = Lab.open(remote.url, "after").read().state
+    assert [e.id for e in state.experiments.values()] == ["0001"]  # the other shard's row
+
+
+def test_record_with_a_lone_surrogate_is_an_invalid_record(remote):
+    """JSON can spell a string that is not text ("\\udcff"): the record is left out of
+    the fold and reported, never a traceback in every reader."""
+    import json
+
+    from autolab.protocol.store import FileChange
+
+    lab = Lab.open(remote.url, "agent")
+    [eid] = propose_x(lab, 1.0)
+    row = {"experiment_id": eid, "event": "claimed", "event_id": "e" * 24, "attempt": 1,
+           "agent": "\udcff", "schema_version": 1}
+    bad = lab.store.make_commit(None, FileChange(add={
+        ".autolab/queue/000000000000-evil-00000000000000dd.json": json.dumps([row]).encode()}),
+        "record")
+    ref = f"refs/autolab/claims/{eid}/1"
+    lab.store.create_ref(ref, bad)
+    status = run_cli("status", "--lab", remote.url, env=STRICT)
+    assert status.returncode == 0, status.stderr
+    assert f"invalid record {ref}" in status.stdout and "not UTF-8" in status.stdout
+    fixed = run_cli("doctor", "--fix", "--lab", remote.url, env=STRICT)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert f"moved record {ref} -> refs/autolab-quarantine/" in fixed.stdout
+    assert Lab.open(remote.url, "after").read().state.experiments[eid].state == "queued"
 
 
 # -- fault 12: --patch FILE is named in every refusal ------------------------------------
