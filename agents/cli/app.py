@@ -47,8 +47,9 @@ def _register() -> None:
         module.register(app)
 
 
-# Environment variables whose text lands in rows, messages or URLs, like --agent/--lab.
-_TEXT_ENV = ("AUTOLAB_AGENT", "AUTOLAB_LAB")
+# The environment variables an option falls back to: their text lands in rows,
+# messages and URLs as the option's would.
+_TEXT_ENV = {"agent": "AUTOLAB_AGENT", "lab": "AUTOLAB_LAB"}
 
 
 def _text_only(command: typer.main.TyperCommand | typer.main.TyperGroup) -> None:
@@ -78,8 +79,8 @@ def _text_only(command: typer.main.TyperCommand | typer.main.TyperGroup) -> None
                 why = utf8_problem(item) if isinstance(item, str) else None
                 if why:
                     raise UsageError(f"{texts[name]}: {why}")
-        for var in _TEXT_ENV:
-            why = utf8_problem(os.environ.get(var, ""))
+        for name, var in _TEXT_ENV.items():
+            why = utf8_problem(os.environ.get(var, "")) if kwargs.get(name, 0) is None else None
             if why:
                 raise UsageError(f"${var}: {why}")
         return inner(*args, **kwargs)
