@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from autolab.protocol.config import parse_config
-from autolab.protocol.errors import AutoLabError
+from autolab.protocol.errors import AutoLabError, UsageError
 
 STATE_README = """# Lab state
 
@@ -32,7 +32,7 @@ def template_dir(name: str) -> Path:
     if Path(name).is_dir() and (Path(name) / "autolab.toml").is_file():
         return Path(name)
     if name not in templates():
-        raise AutoLabError(f"unknown template {name!r}; choose one of {', '.join(templates())}")
+        raise UsageError(f"unknown template {name!r}; choose one of {', '.join(templates())}")
     return Path(str(resources.files("autolab.templates") / name))
 
 

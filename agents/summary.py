@@ -48,13 +48,21 @@ def parse_summary(text: str) -> Summary:
 
 def read_metrics_file(path: Path) -> dict[str, float]:
     """A JSON object of metrics, or a file holding a summary block."""
-    text = path.read_text()
+    return parse_metrics(path.read_text(), str(path))
+
+
+def parse_metrics(text: str, name: str) -> dict[str, float]:
+    """Metrics from ``text``: a JSON object of metrics, or a summary block.
+
+    Raises:
+        ValueError: JSON that is not an object (the message names ``name``).
+    """
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
         return parse_summary(text if "---" in text else "---\n" + text).metrics
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of metrics")
+        raise ValueError(f"{name}: expected a JSON object of metrics")
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))}
 
 

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from autolab.protocol.config import CONFIG_FILE, parse_config
-from autolab.protocol.errors import AutoLabError, ShardError
+from autolab.protocol.errors import AutoLabError, ShardError, shown, utf8_problem
 from autolab.protocol.reader import decode_record_ref, list_main_shards, read_view
 from autolab.protocol.records import BadRecord
 from autolab.protocol.shard_cache import read_rows
@@ -23,6 +23,11 @@ class Finding:
     where: str
     commit: str
     message: str
+
+    def __post_init__(self) -> None:
+        # A path or ref from the remote: printable, one line, whatever bytes it holds.
+        self.where = shown(self.where)
+        self.message = shown(self.message)
 
     def __str__(self) -> str:
         return f"{self.level}: {self.where} @ {self.commit[:12]}: {self.message}"
@@ -143,7 +148,8 @@ class Repair:
         return bool(self.commit or self.moved_refs)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__,
+                "deduplicated": {shown(p): n for p, n in self.deduplicated.items()}}
 
 
 @dataclass
@@ -164,11 +170,11 @@ def quarantine_records(store: LabStore, bad: dict[str, tuple[str, str]]) -> list
 
     moved = []
     for ref, (commit, why) in bad.items():
-        target = QUARANTINE_REFS + ref.removeprefix("refs/")
+        target = QUARANTINE_REFS + _plain_name(ref.removeprefix("refs/"), safe="/")
         with contextlib.suppress(Conflict):  # already quarantined by another doctor
             store.create_ref(target, commit)
         if store.delete_refs({ref: commit}):
-            moved.append(f"{ref} -> {target}: {why}")
+            moved.append(f"{shown(ref)} -> {shown(target)}: {shown(why)}")
     return moved
 
 
@@ -204,12 +210,12 @@ def repair(store: LabStore, *, attempts: int = 8) -> Repair:
         for path, (blob, target, why) in sorted(plan.quarantine.items()):
             remove.append(path)
             add_blobs[target] = blob
-            lines.append(f"- quarantine {path} -> {target}: {why}")
+            lines.append(f"- quarantine {shown(path)} -> {target}: {shown(why)}")
         for path, (new_path, data, dropped) in sorted(plan.rewrite.items()):
             remove.append(path)
             if data is not None:
                 add[new_path] = data
-            lines.append(f"- drop {dropped} duplicate rows from {path}"
+            lines.append(f"- drop {dropped} duplicate rows from {shown(path)}"
                          + (f" (now {new_path})" if data is not None and new_path != path
                             else " (no rows left)" if data is None else ""))
         summary = (f"doctor --fix: quarantine {len(plan.quarantine)} shards, "
@@ -227,6 +233,17 @@ def repair(store: LabStore, *, attempts: int = 8) -> Repair:
         result.deduplicated = {p: d for p, (_, _, d) in plan.rewrite.items()}
         return result
     raise AutoLabError("doctor --fix: main kept moving; try again")
+
+
+def _plain_name(name: str, safe: str = "") -> str:
+    """``name`` for a file in the quarantine: unchanged if it is printable UTF-8, else
+    with each byte that is not printable ASCII written ``%XX`` (a name that is not UTF-8
+    would fail every tool that prints the tree)."""
+    if name.isprintable() and utf8_problem(name) is None:
+        return name
+    from urllib.parse import quote
+
+    return quote(name.encode("utf-8", "surrogateescape"), safe=safe)
 
 
 def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
@@ -259,13 +276,18 @@ def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
                     rows = read_rows(store, table, blob, path, main)
                 except ShardError as exc:
                     if exc.newer:
-                        plan.refused.append(f"{path}: {exc.reason}")
+                        plan.refused.append(f"{shown(path)}: {exc.reason}")
                         continue
                     why = exc.reason
             if why is not None:
-                target = f"{QUARANTINE_DIR}/{table}/{path.rsplit('/', 1)[1]}"
-                if target in taken:
-                    target = f"{target}.{blob[:8]}"
+                base = f"{QUARANTINE_DIR}/{table}/{_plain_name(path.rsplit('/', 1)[1])}"
+                target, n = base, 0
+                # Taken on main, or by another file of this repair (a name that is not
+                # UTF-8 and its %-spelling map to one): never overwrite a kept file.
+                while target in taken:
+                    n += 1
+                    target = f"{base}.{blob[:8]}" + (f".{n}" if n > 1 else "")
+                taken.add(target)
                 plan.quarantine[path] = (blob, target, why)
                 continue
             readable.append((table, path, blob, rows))
@@ -283,8 +305,8 @@ def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
         elif seen[2] == body:
             drop.setdefault(path, set()).add(position)
         else:
-            plan.refused.append(f"{path}: event {row['event_id']} differs from its copy "
-                                f"in {seen[1]} (pick one by hand)")
+            plan.refused.append(f"{shown(path)}: event {row['event_id']} differs from its copy "
+                                f"in {shown(seen[1])} (pick one by hand)")
     for table, path, blob, _rows in readable:
         gone = drop.get(path)
         if not gone:
@@ -306,7 +328,7 @@ def _plan(store: LabStore, snapshot: Snapshot) -> _Plan:
         try:
             got = decode_record_ref(store, ref, commit)
         except ShardError as exc:
-            plan.refused.append(f"{ref}: {exc.reason}")
+            plan.refused.append(f"{shown(ref)}: {exc.reason}")
             continue
         if isinstance(got, BadRecord):
             plan.bad_refs[ref] = (commit, got.reason)

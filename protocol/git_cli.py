@@ -20,6 +20,21 @@ GIT_TIMEOUT = float(os.environ.get("AUTOLABGIT_TIMEOUT", "120"))
 OID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # SHA-1 or SHA-256 object ids
 # Rejections that mean "another writer won", as opposed to a broken transport.
 LOST_RACE = ("stale info", "fetch first", "non-fast-forward", "already exists")
+# The porcelain summaries receive-pack gives when its own ref transaction fails (as
+# opposed to a hook or a policy declining the update): the reason is on stderr.
+REF_UPDATE_FAILED = ("[remote rejected] (failed to update ref)",
+                     "[remote rejected] (failed to delete)",
+                     "[remote rejected] (cannot lock ref")
+# Newer receive-packs (git 2.50 on) name the failure in the summary itself; these mean
+# the ref moved (or appeared, or went) between the lease check and the update.
+RACE_REJECTIONS = ("[remote rejected] (incorrect old value provided)",
+                   "[remote rejected] (reference already exists)",
+                   "[remote rejected] (reference does not exist)")
+# Why receive-pack could not lock a ref, when that means another writer got there
+# between our lease check and the update: the ref moved ("is at X but expected Y"), a
+# ref we create appeared, or another push holds the ref's lock right now. Anything
+# else (permission denied, a full disk) is not a race.
+LOCK_LOST = ("but expected", "reference already exists", ".lock': File exists")
 # What git says when the *local* cache clone is broken (not the remote or the network).
 LOCAL_DAMAGE = ("not a git repository", "corrupt", "bad object", "unable to read",
                  "did not send all necessary objects", "invalid object", "packfile",
@@ -97,6 +112,43 @@ def _token_auth(url: str, userinfo: str | None = None) -> dict[str, str]:
             f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {basic}"}
 
 
+def explain_rejections(status: dict[str, tuple[str, str]], stderr: str
+                       ) -> dict[str, tuple[str, str]]:
+    """``status`` ({ref: (flag, summary)} from ``git push --porcelain``) with each
+    "failed to update ref" summary followed by receive-pack's reason for that ref.
+
+    The porcelain line only says that the server's ref update failed; why is on stderr
+    (``remote: error: cannot lock ref '<ref>': <why>``), and :func:`raise_for_push`
+    needs it to tell a lost race from a broken server.
+    """
+    out = dict(status)
+    for ref, (flag, summary) in status.items():
+        if flag != "!" or summary.strip() not in REF_UPDATE_FAILED:
+            continue
+        marker = f"cannot lock ref '{ref}': "
+        # The last such line: receive-pack's own, after anything a hook printed.
+        for line in reversed(stderr.splitlines()):
+            at = line.find(marker)
+            if at >= 0 and line.startswith("remote:"):
+                why = line[at + len(marker):].strip()[:300]
+                out[ref] = (flag, f"{summary.strip()}: {marker}{why}")
+                break
+    return out
+
+
+def lost_race(summary: str) -> bool:
+    """Whether a rejected push's summary means another writer won (re-read, re-decide),
+    rather than a transport or server failure."""
+    if "remote rejected" in summary:
+        # Only receive-pack's own failed ref update, for a reason that is contention; a
+        # hook declining ("pre-receive hook declined") is never a race.
+        if summary.startswith(RACE_REJECTIONS):
+            return True
+        return summary.startswith(REF_UPDATE_FAILED) and "cannot lock ref" in summary and \
+            any(word in summary for word in LOCK_LOST)
+    return any(word in summary for word in LOST_RACE)
+
+
 def raise_for_push(flag: str, summary: str, ref: str, url: str) -> None:
     """Turn a porcelain push status into Conflict (lost race), TransportError (worth
     retrying) or, for an update the spool refused to push, LabError (it never will be)."""
@@ -104,9 +156,9 @@ def raise_for_push(flag: str, summary: str, ref: str, url: str) -> None:
         raise LabError(f"cannot push {ref}: {summary}")
     if flag != "!":
         return
-    if "remote rejected" not in summary and any(word in summary for word in LOST_RACE):
-        raise Conflict(ref, f"{ref}: {summary}")
-    raise TransportError(f"push of {ref} to {redact(url)} failed: {summary}")
+    if lost_race(summary):
+        raise Conflict(ref, f"{ref}: {redact(summary)}")
+    raise TransportError(f"push of {ref} to {redact(url)} failed: {redact(summary)}")
 
 
 def first_error(text: str) -> str:

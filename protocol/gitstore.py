@@ -35,13 +35,21 @@ from pathlib import Path
 import pygit2
 from filelock import FileLock, Timeout
 
-from autolab.protocol.errors import Conflict, LabError, PatchError, TransportError
+from autolab.protocol.errors import (
+    Conflict,
+    LabError,
+    PatchError,
+    TransportError,
+    shown,
+    utf8_problem,
+)
 from autolab.protocol.git_cli import (
     GIT_TIMEOUT,
     LOCAL_DAMAGE,
     OID,
     CacheDamaged,
     cache_root,
+    explain_rejections,
     first_error,
     git_env,
     last_line,
@@ -191,7 +199,9 @@ class GitStore(LabStore):
             proc = subprocess.run(
                 ["git", *scope, *self._options, *args], cwd=where,
                 env=git_env(self.url, self._userinfo),
-                capture_output=True, text=True, timeout=timeout,
+                # Ref names and paths git prints may hold any bytes: they come back as
+                # the same surrogate-escaped text pygit2 and argv use.
+                capture_output=True, text=True, errors="surrogateescape", timeout=timeout,
             )
         except subprocess.TimeoutExpired:
             raise TransportError(
@@ -477,6 +487,7 @@ class GitStore(LabStore):
             parts = line.split("\t")
             if len(parts) >= 3 and ":" in parts[1]:
                 result[parts[1].split(":", 1)[1]] = (parts[0], parts[2])
+        result = explain_rejections(result, proc.stderr)
         if proc.returncode != 0 and not result:
             raise TransportError(
                 f"cannot push to {redact(self.url)}: {redact(last_line(proc.stderr))}"
@@ -486,8 +497,9 @@ class GitStore(LabStore):
     def _pushable(self, ref: str, commit: str, expected: str | None) -> str | None:
         """Why git would refuse a push of ``commit`` to ``ref`` outright (None: it may
         go), checked locally so one bad update in a spool batch does not sink the rest."""
-        if not ref.startswith("refs/") or not pygit2.reference_is_valid_name(ref):
-            return f"invalid ref name {ref!r}"
+        if (not ref.startswith("refs/") or utf8_problem(ref)
+                or not pygit2.reference_is_valid_name(ref)):
+            return f"invalid ref name {shown(ref)!r}"
         for name, value in (("commit", commit), ("expected", expected)):
             if value is not None and not OID.fullmatch(value):
                 return f"{name} {value[:50]!r} is not an object id"

@@ -8,7 +8,7 @@ import hashlib
 import re
 import unicodedata
 
-from autolab.protocol.errors import PatchError
+from autolab.protocol.errors import PatchError, utf8_problem
 
 MAX_PATCH_BYTES = 256 * 1024
 _DIFF_GIT = re.compile(r"^diff --git a/(\S+) b/(\S+)")
@@ -75,6 +75,9 @@ def precheck_patch(patch: str, *, allow_binary: bool = False) -> None:
     Raises:
         PatchError: one line naming the rule (and the path, where there is one).
     """
+    why = utf8_problem(patch)  # bytes that were not UTF-8 (surrogate-escaped)
+    if why:
+        raise PatchError(f"patch is {why}")
     size = len(patch.encode())
     if size > MAX_PATCH_BYTES:
         raise PatchError(f"patch is {size} bytes; the limit is {MAX_PATCH_BYTES}")

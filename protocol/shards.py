@@ -147,6 +147,7 @@ def decode(table: str, payload: bytes | memoryview, path: str, commit: str, *,
         raise
     except Exception as exc:  # pyarrow raises several types for corrupt input
         raise ShardError(path, commit, f"not readable as parquet ({exc})") from None
+    _check_values(data, path, commit)
     if data.schema.equals(schema):
         # The usual case, checked in one comparison: this version's columns and types.
         _check_versions(data.column("schema_version"), path, commit)
@@ -175,9 +176,28 @@ def decode_columns(table: str, payload: bytes | memoryview, names: tuple[str, ..
         raise
     except Exception as exc:  # pyarrow raises several types for corrupt input
         raise ShardError(path, commit, f"not readable as parquet ({exc})") from None
+    _check_values(data, path, commit)
     columns = [data.column(n) if n in present else pa.nulls(data.num_rows, schema.field(n).type)
                for n in names]
     return pa.table(columns, schema=pa.schema([schema.field(n) for n in names]))
+
+
+def _check_values(data: pa.Table, path: str, commit: str) -> None:
+    """Every value well formed, strings valid UTF-8 included: a parquet reader does not
+    check that, and a string that is not UTF-8 would fail much later (a fold, a query, a
+    print), far from the shard and with no name. About 20 us for a transaction's shard,
+    6 ms for 100,000 rows."""
+    try:
+        data.validate(full=True)
+    except pa.ArrowInvalid:
+        for name in data.column_names:
+            try:
+                data.column(name).validate(full=True)
+            except pa.ArrowInvalid as exc:
+                what = ("is not UTF-8 text" if "UTF8" in str(exc)
+                        else f"holds invalid values ({str(exc).splitlines()[0][:200]})")
+                raise ShardError(path, commit, f"column {name!r} {what}") from None
+        raise ShardError(path, commit, "holds invalid values") from None
 
 
 def _check_declared(table: str, declared: pa.Schema, names: tuple[str, ...], path: str,
@@ -286,6 +306,8 @@ def decode_record(table: str, payload: bytes, path: str, commit: str) -> list[di
         pa.Table.from_pylist(out, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
         raise ShardError(path, commit, f"does not match the {table} schema ({exc})") from None
+    except UnicodeEncodeError:  # "\udcff" in the JSON: a lone surrogate, not text
+        raise ShardError(path, commit, "a string is not UTF-8 text") from None
     return out
 
 

@@ -61,6 +61,7 @@ TOP_REASONS = 5
 
 def status(view: LabView, *, recent: int = 10) -> dict[str, Any]:
     """Summarize ``view`` (see the module docstring for the shape)."""
+    from autolab.protocol.errors import shown
     from autolab.protocol.redact import redact
     from autolab.scoreboard.lineage import hypotheses_of
     from autolab.scoreboard.spend import spend
@@ -104,7 +105,9 @@ def status(view: LabView, *, recent: int = 10) -> dict[str, Any]:
         "failures": failures, "failure_reasons": reasons,
         "pending_records": len(view.pending), "promotions": promotions.num_rows,
         "anomalies": folded.anomalies.num_rows,
-        "quarantined_records": [{"ref": b.ref, "commit": b.commit, "reason": redact(b.reason)}
+        # Ref names and reasons come from the remote: printable, one line (shown).
+        "quarantined_records": [{"ref": shown(b.ref), "commit": b.commit,
+                                 "reason": shown(redact(b.reason))}
                                 for b in view.quarantined],
         "spend": spend(view),
     }

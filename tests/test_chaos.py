@@ -123,7 +123,8 @@ def test_chaos_run_loses_nothing(tmp_path, git_daemon):
         run_cli("reporter", "--once", "--lab", remote.url, "--agent", "drain", env=env,
                 check=True)
         proc = run_cli("worker", "--lab", remote.url, "--agent", "drain", env=env)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        # 3: nothing claimable this round (a dead worker's lease is still running out).
+        assert proc.returncode in (0, 3), proc.stdout[-2000:] + proc.stderr[-2000:]
         view = lab.read()
         unfinished = [e.id for e in view.state.experiments.values() if not e.terminal]
         if not unfinished:

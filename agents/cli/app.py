@@ -5,7 +5,8 @@ into the protocol, agents or scoreboard packages. Heavy libraries (pyarrow, duck
 pygit2, torch) are imported inside the commands that need them, so ``autolab
 --help`` and cheap commands start fast.
 
-Exit codes: 0 success, 1 error (one line on stderr), 2 usage error, 3 nothing to do.
+Exit codes: 0 success, 1 error (one line on stderr), 2 usage error, 3 nothing to do
+(README.md, "Exit codes", lists which command exits 3 when).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import sys
 
 import typer
+import typer.main
 
 app = typer.Typer(
     name="autolab",
@@ -21,6 +23,8 @@ app = typer.Typer(
     "main branch holds the research code, a protected evaluation harness, and the "
     "shared job queue and score table (parquet). Agents coordinate only through "
     "compare-and-swap pushes.",
+    epilog="Exit codes: 0 success, 1 error, 2 usage error, 3 nothing to do (README.md, "
+    "Exit codes).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -45,14 +49,57 @@ def _register() -> None:
         module.register(app)
 
 
+# The environment variables an option falls back to: their text lands in rows,
+# messages and URLs as the option's would.
+_TEXT_ENV = {"agent": "AUTOLAB_AGENT", "lab": "AUTOLAB_LAB"}
+
+
+def _text_only(command: typer.main.TyperCommand | typer.main.TyperGroup) -> None:
+    """Make ``command`` (and its subcommands) refuse text options and arguments that
+    are not valid UTF-8, with a usage error naming the option, before it runs.
+
+    Bytes that are not UTF-8 reach Python as lone surrogates; a hypothesis, an agent id
+    or a query holding one would fail deep inside (encoding a row, a commit message)
+    with a traceback. Path options take any bytes the filesystem does.
+    """
+    for sub in getattr(command, "commands", {}).values():
+        _text_only(sub)
+    # Typer carries its own copy of click: types are told apart by class name.
+    texts = {p.name: (p.opts[0] if p.param_type_name == "option" else p.name.upper())
+             for p in command.params if type(p.type).__name__ == "StringParamType"}
+    inner = command.callback
+    if inner is None:
+        return
+
+    def checked(*args: object, **kwargs: object) -> object:
+        from autolab.protocol.errors import UsageError, utf8_problem
+
+        for name, value in kwargs.items():
+            if name not in texts:
+                continue
+            for item in value if isinstance(value, (list, tuple)) else [value]:
+                why = utf8_problem(item) if isinstance(item, str) else None
+                if why:
+                    raise UsageError(f"{texts[name]}: {why}")
+        for name, var in _TEXT_ENV.items():
+            why = utf8_problem(os.environ.get(var, "")) if kwargs.get(name, 0) is None else None
+            if why:
+                raise UsageError(f"${var}: {why}")
+        return inner(*args, **kwargs)
+
+    command.callback = checked
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning AutoLabError into a one-line message."""
     from autolab.protocol.errors import AutoLabError
 
     _register()
     try:
+        command = typer.main.get_command(app)
+        _text_only(command)
         # Standalone mode: click prints usage errors and exits 2, and typer.Exit(n) exits n.
-        app(args=argv)
+        command(args=argv)
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         if done.code is not None and not isinstance(done.code, int):

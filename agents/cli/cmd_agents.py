@@ -31,10 +31,19 @@ def _stop_on_sigterm() -> None:
     STOP.install()
 
 
+def _one_mode(once: bool, loop: bool) -> None:
+    """--once and --loop ask for opposite things: a usage error (exit code 2)."""
+    if once and loop:
+        from autolab.protocol.errors import UsageError
+
+        raise UsageError("give at most one of --once and --loop")
+
+
 def _rounds(once: bool, loop: bool, interval: float, body) -> None:  # noqa: ANN001
     """Run ``body`` once, or forever with ``interval`` pauses; stop cleanly on SIGTERM."""
     from autolab.agents.stopping import Stopped
 
+    _one_mode(once, loop)
     _stop_on_sigterm()
     try:
         while True:
@@ -73,9 +82,10 @@ def worker(
     """Claim experiments, run them, record scores, promote winners.
 
     Without --loop, runs experiments until none is claimable (or --max), then exits;
-    --once runs at most one (exit code 3 if there was none). With --backend hf-jobs,
-    each claim is launched as a Hugging Face Job running `autolab run`, and the worker
-    moves on at once (--detach); flags override the lab's [hf_jobs] settings.
+    --once runs at most one; either way, exit code 3 if there was none to run. With
+    --backend hf-jobs, each claim is launched as a Hugging Face Job running `autolab
+    run`, and the worker moves on at once (--detach); flags override the lab's
+    [hf_jobs] settings.
 
     Local runs are contained: $AUTOLAB_SANDBOX=auto (default) puts each in its own
     namespaces where Linux allows it, =namespaces requires that, =none only sweeps
@@ -83,8 +93,9 @@ def worker(
     """
     from autolab.agents.backends.local import LocalBackend
     from autolab.agents.worker import Stopped, Worker
-    from autolab.protocol.errors import AutoLabError, NothingToDo
+    from autolab.protocol.errors import NothingToDo, UsageError
 
+    _one_mode(once, loop)
     if backend == "hf-jobs":
         from autolab.agents.cli.cmd_hf import _pairs, hf_worker
 
@@ -97,7 +108,7 @@ def worker(
                   interval=interval, overrides=overrides)
         return
     if backend != "local":
-        raise AutoLabError(f"unknown backend {backend!r}; available: local, hf-jobs")
+        raise UsageError(f"unknown backend {backend!r}; available: local, hf-jobs")
     the_lab = open_lab(lab, agent)
     from autolab.agents.run_logs import default_log_dir
 
@@ -114,9 +125,12 @@ def worker(
             if work.run_once() is None:
                 raise NothingToDo("nothing to claim")
             return
-        work.loop(max_experiments=max_, idle=interval, exit_when_idle=not loop)
+        ran = work.loop(max_experiments=max_, idle=interval, exit_when_idle=not loop)
     except (Stopped, KeyboardInterrupt):
         work.say("stopped")
+        return
+    if ran == 0 and max_ != 0:
+        raise NothingToDo("nothing to claim")
 
 
 def planner(

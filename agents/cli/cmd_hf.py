@@ -30,9 +30,9 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str] | None:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            from autolab.protocol.errors import AutoLabError
+            from autolab.protocol.errors import UsageError
 
-            raise AutoLabError(f"{what} {item!r}: expected KEY=VALUE")
+            raise UsageError(f"{what} {item!r}: expected KEY=VALUE")
         out[key] = value
     return out
 
@@ -79,8 +79,8 @@ def hf_worker(lab: str | None, agent: str | None, *, once: bool, loop: bool,
             try:
                 job = launcher.launch_next()
             except NothingToDo as exc:
-                if once and not launched:
-                    raise
+                if not launched and not loop:
+                    raise  # exit code 3: this run launched nothing
                 if not loop:
                     launcher.say(f"stopping: {exc}")
                     return
@@ -104,14 +104,14 @@ schedule_app = typer.Typer(
 
 
 def _every_to_schedule(every: str | None, cron: str | None) -> str:
-    from autolab.protocol.errors import AutoLabError
+    from autolab.protocol.errors import UsageError
 
     if (every is None) == (cron is None):
-        raise AutoLabError("give one of --every (@hourly, @daily, 10m, 2h) or --cron "
-                           "(\"*/10 * * * *\")")
+        raise UsageError("give one of --every (@hourly, @daily, 10m, 2h) or --cron "
+                         "(\"*/10 * * * *\")")
     if cron is not None:
         if len(cron.split()) != 5:
-            raise AutoLabError(f"--cron {cron!r}: expected 5 fields (min hour day month dow)")
+            raise UsageError(f"--cron {cron!r}: expected 5 fields (min hour day month dow)")
         return cron
     assert every is not None
     if every.startswith("@"):
@@ -121,8 +121,8 @@ def _every_to_schedule(every: str | None, cron: str | None) -> str:
     seconds = int(parse_duration(every))
     if seconds < 60 or (seconds < 3600 and 3600 % seconds) or (
             seconds >= 3600 and (seconds % 3600 or 86400 % seconds)):
-        raise AutoLabError(f"--every {every!r}: use a divisor of an hour (e.g. 10m) or of a "
-                           f"day (e.g. 2h), or give --cron")
+        raise UsageError(f"--every {every!r}: use a divisor of an hour (e.g. 10m) or of a "
+                         f"day (e.g. 2h), or give --cron")
     if seconds < 3600:
         return f"*/{seconds // 60} * * * *"
     return f"0 */{seconds // 3600} * * *"
@@ -153,10 +153,10 @@ def schedule(
         parse_volumes,
         price_per_second,
     )
-    from autolab.protocol.errors import AutoLabError
+    from autolab.protocol.errors import UsageError
 
     if role not in ROLES:
-        raise AutoLabError(f"--role must be one of {', '.join(ROLES)}")
+        raise UsageError(f"--role must be one of {', '.join(ROLES)}")
     when = _every_to_schedule(every, cron)
     the_lab = open_lab(lab)
     config = the_lab.read().config

@@ -43,7 +43,7 @@ def doctor(
     lab is checked again.
     """
     from autolab.protocol.doctor import check, repair
-    from autolab.protocol.errors import LabError
+    from autolab.protocol.errors import LabError, shown
     from autolab.protocol.gitstore import GitStore
 
     store = GitStore(resolve_lab(lab))
@@ -55,21 +55,22 @@ def doctor(
         if as_json:
             print_json({"ok": False, "findings": [{"level": "error", "message": str(exc)}]})
         else:
-            typer.echo(f"error: {exc}")
+            typer.echo(f"error: {shown(str(exc))}")
         raise typer.Exit(1) from None
     report = check(store, snapshot)
     fixed = None
     if fix and not report.ok:
         fixed = repair(store)
         if not as_json:
+            # Every line names paths and refs from the remote: shown() keeps each one line.
             for line in fixed.quarantined:
-                typer.echo(f"fixed: quarantined {line}")
+                typer.echo(f"fixed: quarantined {shown(line)}")
             for path, count in fixed.deduplicated.items():
-                typer.echo(f"fixed: dropped {count} duplicate rows from {path}")
+                typer.echo(f"fixed: dropped {count} duplicate rows from {shown(path)}")
             for line in fixed.moved_refs:
-                typer.echo(f"fixed: moved record {line}")
+                typer.echo(f"fixed: moved record {shown(line)}")
             for line in fixed.refused:
-                typer.echo(f"refused: {line}")
+                typer.echo(f"refused: {shown(line)}")
             if fixed.commit:
                 typer.echo(f"repairs committed to main as {fixed.commit[:12]}; checking again")
         report = check(store, store.refresh())

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from autolab.agents.cli.common import AgentOpt, JsonOpt, LabOpt, open_lab, print_json
+from autolab.agents.cli.common import (
+    AgentOpt,
+    JsonOpt,
+    LabOpt,
+    open_lab,
+    print_json,
+    read_input,
+)
 
 
 def propose(
@@ -22,34 +28,41 @@ def propose(
                         ] = 1.0,
     lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Enqueue an experiment: a hypothesis and a patch (or knob edits) against main."""
-    from autolab.protocol.errors import AutoLabError
+    """Enqueue an experiment: a hypothesis and a patch (or knob edits) against main.
+
+    Exit code 3 when an experiment with the same patch exists (nothing proposed).
+    """
+    import math
+
+    from autolab.protocol.errors import NothingToDo, PatchError, UsageError, shown
+    from autolab.protocol.patches import MAX_PATCH_BYTES
     from autolab.protocol.transactions import Proposal
     from autolab.protocol.transactions import propose as do_propose
 
     if (patch is None) == (not set_):
-        raise AutoLabError("give exactly one of --patch FILE or --set NAME=VALUE")
+        raise UsageError("give exactly one of --patch FILE or --set NAME=VALUE")
+    if not math.isfinite(priority):
+        raise UsageError(f"--priority {priority}: expected a finite number")
+    # Read before the lab is opened: a bad file fails at once, naming it.
+    text = None if patch is None else read_input(patch, "--patch", limit=MAX_PATCH_BYTES,
+                                                  dash=True)
     the_lab = open_lab(lab, agent)
-    if patch is not None:
-        text = sys.stdin.read() if str(patch) == "-" else _read(patch)
-    else:
+    if text is None:
         text = _knob_patch(the_lab, set_ or [])
-    ids = do_propose(the_lab, [Proposal(hypothesis, text, priority)])
+    try:
+        ids = do_propose(the_lab, [Proposal(hypothesis, text, priority)])
+    except PatchError as exc:
+        if patch is None:
+            raise
+        where = "- (standard input)" if str(patch) == "-" else shown(str(patch))
+        raise PatchError(f"--patch {where}: {exc}") from None
     if as_json:
         print_json({"experiment_id": ids[0], "duplicate": ids[0] is None})
-    elif ids[0] is None:
-        typer.echo("duplicate: an experiment with the same patch exists; nothing proposed")
-    else:
+    elif ids[0] is not None:
         typer.echo(f"proposed {ids[0]}")
-
-
-def _read(path: Path) -> str:
-    from autolab.protocol.errors import AutoLabError
-
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AutoLabError(f"cannot read patch {path}: {exc}") from None
+    if ids[0] is None:
+        raise NothingToDo("duplicate: an experiment with the same patch exists; "
+                          "nothing proposed")
 
 
 def _knob_patch(the_lab, assignments: list[str]) -> str:  # type: ignore[no-untyped-def]
@@ -97,17 +110,27 @@ def submit(
     Only the attempt's claimant (the same --agent) may submit; a --branch-commit must
     be the experiment's parent plus exactly its patch, on autolab/exp/<id>.
     """
-    from autolab.agents.summary import classify, parse_summary, read_metrics_file
-    from autolab.protocol.errors import AutoLabError
+    from autolab.agents.summary import classify, parse_metrics, parse_summary
+    from autolab.protocol.errors import AutoLabError, UsageError, shown
+    from autolab.protocol.schemas import SCORE_STATUSES
     from autolab.protocol.transactions import make_score
     from autolab.protocol.transactions import submit as do_submit
 
     if (metrics_file is None) == (log is None):
-        raise AutoLabError("give exactly one of --metrics-file F or --log F")
+        raise UsageError("give exactly one of --metrics-file F or --log F")
+    if status is not None and status not in SCORE_STATUSES:
+        raise UsageError(f"--status {status!r}: choose one of {', '.join(SCORE_STATUSES)}")
     try:
-        metrics = (read_metrics_file(metrics_file) if metrics_file
-                   else parse_summary(log.read_text(errors="replace")).metrics)  # type: ignore[union-attr]
-    except (OSError, ValueError) as exc:
+        if metrics_file is not None:
+            metrics = parse_metrics(read_input(metrics_file, "--metrics-file", limit=1 << 20),
+                                    f"--metrics-file {shown(str(metrics_file))}")
+        else:
+            assert log is not None
+            # A run log is read as the worker reads one: bytes that are not UTF-8 are
+            # replaced, and the summary block sits at its end.
+            metrics = parse_summary(read_input(log, "--log", limit=LOG_LIMIT,
+                                               strict=False)).metrics
+    except ValueError as exc:
         raise AutoLabError(str(exc)) from None
     the_lab = open_lab(lab, agent)
     view = the_lab.read()
@@ -127,6 +150,10 @@ def submit(
     else:
         typer.echo(f"{result.outcome}: {experiment} attempt {attempt} "
                    f"{score['status']} {config.metric}={value}")
+
+
+# The most of a --log that is read: a worker keeps at most 20 MiB of a run's output.
+LOG_LIMIT = 64 << 20
 
 
 def _check_branch_commit(the_lab, view, experiment: str, commit: str) -> None:  # type: ignore[no-untyped-def]
@@ -151,26 +178,34 @@ def _check_branch_commit(the_lab, view, experiment: str, commit: str) -> None:  
 
 def promote(experiment: Annotated[str, typer.Argument(help="Experiment id.")],
             lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
-    """Merge an experiment into main if it beats the current best by the lab's policy."""
+    """Merge an experiment into main if it beats the current best by the lab's policy.
+
+    Exit code 3 when it is not promoted (the reason on stderr), 1 for an unknown
+    experiment.
+    """
+    from autolab.protocol.errors import AutoLabError, NothingToDo
     from autolab.protocol.transactions import promote as do_promote
 
     outcome = do_promote(open_lab(lab, agent), experiment)
+    if not outcome.promoted and outcome.reason.startswith("unknown experiment"):
+        raise AutoLabError(outcome.reason)  # a wrong id is an error, not nothing to do
     if as_json:
         print_json(outcome.__dict__)
-    else:
-        typer.echo(f"promoted {experiment} ({outcome.commit[:12]})" if outcome.promoted  # type: ignore[index]
-                   else f"not promoted: {outcome.reason}")
+    elif outcome.promoted:
+        typer.echo(f"promoted {experiment} ({outcome.commit[:12]})")  # type: ignore[index]
     if not outcome.promoted:
-        raise typer.Exit(3)
+        raise NothingToDo(f"not promoted: {outcome.reason}")
 
 
 def reap(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
     """End attempts whose lease expired (re-queued, or failed after max_attempts).
 
     Attempts running as HF jobs are checked with the Jobs API first: a running job
-    keeps its lease; one that ended without a score is settled from its logs.
+    keeps its lease; one that ended without a score is settled from its logs. Exit
+    code 3 when no attempt was ended.
     """
     from autolab.agents.reaping import reap as do_reap
+    from autolab.protocol.errors import NothingToDo
 
     lines: list[str] = []
     done = do_reap(open_lab(lab, agent), say=lines.append)
@@ -179,22 +214,33 @@ def reap(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -
     else:
         for line in lines:
             typer.echo(line)
-        typer.echo(f"reaped {len(done)}")
+        if done:
+            typer.echo(f"reaped {len(done)}")
+    if not done:
+        raise NothingToDo("nothing to reap: no lease has expired")
 
 
 def compact(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
-    """Fold record refs into main, then rewrite each table's shards as one shard."""
+    """Fold record refs into main, then rewrite each table's shards as one shard.
+
+    Exit code 3 when there was nothing to fold or compact.
+    """
+    from autolab.protocol.errors import NothingToDo
     from autolab.protocol.transactions import compact as do_compact
 
     the_lab = open_lab(lab, agent)
     with _working("folding record refs and compacting shards", quiet=as_json):
-        the_lab.fold(always=True)
+        folded = the_lab.fold(always=True)
         report = do_compact(the_lab)
     if as_json:
         print_json(report.__dict__)
-    else:
+    elif report.commit:
         typer.echo(f"compacted {sum(report.shards_before.values())} shards into "
-                   f"{len(report.rows)} ({report.commit[:12] if report.commit else 'no change'})")
+                   f"{len(report.rows)} ({report.commit[:12]})")
+    elif folded:
+        typer.echo(f"folded record refs into main ({folded[:12]}); shards already compact")
+    if not report.commit and not folded:
+        raise NothingToDo("nothing to compact: no record refs to fold, one shard per table")
 
 
 def _working(what: str, *, quiet: bool):  # noqa: ANN202

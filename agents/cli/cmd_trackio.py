@@ -20,12 +20,17 @@ HOST = "127.0.0.1"  # the dashboard can rename and delete runs: never serve it b
 
 
 def trackio_sync(lab: LabOpt = None, project: ProjectOpt = None) -> None:
-    """Copy finished experiments, the running best and anomalies into Trackio ($TRACKIO_DIR)."""
+    """Copy finished experiments, the running best and anomalies into Trackio ($TRACKIO_DIR).
+
+    Exit code 3 when the project was already up to date.
+    """
+    from autolab.protocol.errors import NothingToDo
     from autolab.scoreboard.trackio_sync import sync
 
     report = sync(open_lab(lab).read(), project)
     if not report.changed:
-        print(f"trackio: project {report.project} is up to date ({report.directory})")
+        raise NothingToDo(f"trackio: project {report.project} is up to date "
+                          f"({report.directory})")
 
 
 def dashboard(

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -35,11 +36,51 @@ def resolve_lab(lab: str | None) -> str:
                           capture_output=True, text=True)
     if proc.returncode == 0 and proc.stdout.strip():
         return proc.stdout.strip()
-    from autolab.protocol.errors import AutoLabError
+    from autolab.protocol.errors import UsageError
 
-    err = AutoLabError("no lab given: pass --lab URL, set AUTOLAB_LAB, or run in a clone of a lab")
-    err.exit_code = 2
-    raise err
+    raise UsageError("no lab given: pass --lab URL, set AUTOLAB_LAB, or run in a clone of a lab")
+
+
+def read_input(path: Path, option: str, *, limit: int, strict: bool = True,
+               dash: bool = False) -> str:
+    """The text of the file ``path`` given as ``option``.
+
+    Args:
+        dash: ``-`` means standard input.
+        limit: read at most this many bytes; a longer input is refused (``/dev/zero``
+            must not fill the memory).
+        strict: refuse bytes that are not UTF-8 (else they read as U+FFFD).
+
+    Raises:
+        AutoLabError: one line naming the option and the file: missing, a directory,
+            unreadable, over ``limit`` bytes, or not UTF-8 (exit code 1).
+    """
+    from autolab.protocol.errors import AutoLabError, shown, utf8_problem
+
+    stdin = dash and str(path) == "-"
+    where = f"{option} - (standard input)" if stdin else f"{option} {shown(str(path))}"
+    try:
+        if stdin:
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise AutoLabError(f"{where}: no such file") from None
+    except IsADirectoryError:
+        raise AutoLabError(f"{where}: is a directory, not a file") from None
+    except PermissionError:
+        raise AutoLabError(f"{where}: permission denied") from None
+    except OSError as exc:
+        raise AutoLabError(f"{where}: cannot read ({exc.strerror or type(exc).__name__})"
+                           ) from None
+    if len(data) > limit:
+        raise AutoLabError(f"{where}: larger than {limit} bytes")
+    text = data.decode("utf-8", "surrogateescape" if strict else "replace")
+    why = utf8_problem(text) if strict else None
+    if why:
+        raise AutoLabError(f"{where}: {why}")
+    return text
 
 
 def open_lab(lab: str | None, agent: str | None = None) -> Any:
