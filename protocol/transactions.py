@@ -361,7 +361,7 @@ def _late_change(view: LabView, row: dict[str, Any]) -> MainChange | None:
 class Reaped:
     experiment_id: str
     attempt: int
-    event: str  # expired | failed
+    event: str  # expired | failed | recovered (a job's score read from its logs)
 
 
 def _end_attempt(lab: Lab, experiment_id: str, attempt: int, event: str, reason: str, *,

@@ -96,7 +96,7 @@ class PatchReader:
     def __init__(self, knobs: dict[str, Knob]) -> None:
         self.file_of = {name: knob.file for name, knob in knobs.items()}
         names = "|".join(re.escape(n) for n in sorted(knobs, key=len, reverse=True))
-        # As agents.knobs reads an assignment: NAME = value, an optional comment. The
+        # As protocol.knobs reads an assignment: NAME = value, an optional comment. The
         # leading newline (the text gets one prepended) lets the regex engine skip to
         # line starts instead of trying every character.
         self.pattern = re.compile(
@@ -143,7 +143,7 @@ class ParentValues:
         return hit
 
     def _read(self, commit: str) -> dict[str, Any]:
-        from autolab.agents.knobs import read_knob
+        from autolab.protocol.knobs import read_knob
 
         out: dict[str, Any] = {}
         listings: dict[str, dict[str, str]] = {}

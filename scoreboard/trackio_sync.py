@@ -100,7 +100,7 @@ def finished(state: LabState) -> list[Experiment]:
 
 def knobs_of(patch: str, config: LabConfig) -> dict[str, Any]:
     """Knob values the patch assigns (``+NAME = value`` lines in the knob's file)."""
-    from autolab.agents.knobs import read_knob
+    from autolab.protocol.knobs import read_knob
 
     added: dict[str, list[str]] = defaultdict(list)
     path = None

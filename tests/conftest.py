@@ -158,6 +158,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,
 def knob_patch_text(value: float) -> str:
     """A patch setting X in the blank template's experiment.py."""
     source = (REPO / "repo_template" / "blank" / "experiment.py").read_text()
-    from autolab.agents.knobs import set_knobs, unified_diff
+    from autolab.protocol.knobs import set_knobs, unified_diff
 
     return unified_diff("experiment.py", source, set_knobs(source, {"X": value}))

@@ -10,7 +10,7 @@ from autolab.protocol.patch_judge import judge_patch
 
 def propose_x(lab: Lab, *values: float) -> list[str | None]:
     """Propose setting X to each value, as diffs against main's experiment.py."""
-    from autolab.agents.knobs import set_knobs, unified_diff
+    from autolab.protocol.knobs import set_knobs, unified_diff
 
     source = lab.store.read_file(lab.read().main, "experiment.py").decode()
     return tx.propose(lab, [tx.Proposal(f"set X to {v}", unified_diff(

@@ -20,11 +20,11 @@ import pytest
 from huggingface_hub import HfApi
 
 from autolab.agents.backends.hf_jobs import lab_label
-from autolab.agents.knobs import set_knobs, unified_diff
 from autolab.agents.lab_init import init_lab
 from autolab.agents.reaping import reap
 from autolab.protocol import compute
 from autolab.protocol import transactions as tx
+from autolab.protocol.knobs import set_knobs, unified_diff
 from autolab.protocol.lab import Lab, now
 
 from .conftest import REPO, Remote, run_cli

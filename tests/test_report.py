@@ -72,7 +72,7 @@ def build_lab(url: str) -> None:
     _run(alpha, "0001", 1.0, 0, 5)  # 4.0: promoted
     _run(beta, "0002", 5.0, 1, 6)  # 4.0: not better
     _run(gamma, "0003", 2.0, 2, 7)  # 1.0: promoted
-    from autolab.agents.knobs import set_knobs, unified_diff
+    from autolab.protocol.knobs import set_knobs, unified_diff
 
     source = planner.store.read_file(planner.read().main, "experiment.py").decode()
     ids = tx.propose(planner, [tx.Proposal(EVIL, unified_diff(

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from autolab.agents.knobs import unified_diff
 from autolab.protocol import fold_cache, main_fold
 from autolab.protocol import transactions as tx
+from autolab.protocol.knobs import unified_diff
 from autolab.protocol.lab import Lab, now
 from autolab.protocol.state import state_tables
 from autolab.scoreboard import leaderboard, lineage, status

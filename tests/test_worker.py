@@ -80,7 +80,7 @@ def test_protected_files_come_from_main_not_the_patch(faulty_lab, tmp_path):
     source = lab.store.read_file(view.main, "experiment.py").decode()
     # A patch that edits experiment.py to bring its own harness is refused at run time
     # too: write the patch by hand so that propose's check is the only thing bypassed.
-    from autolab.agents.knobs import unified_diff
+    from autolab.protocol.knobs import unified_diff
 
     harness = lab.store.read_file(view.main, "harness.py").decode()
     evil = unified_diff("harness.py", harness, harness.replace("** 2", "* 0"))

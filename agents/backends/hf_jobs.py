@@ -273,6 +273,34 @@ class Launcher:
                  f"({settings.flavor}): {claim.hypothesis}")
         return job
 
+    def loop(self, *, max_launches: int | None = None, forever: bool = False,
+             wait: bool = False, idle: float = 2.0) -> int:
+        """Launch until nothing is claimable (or forever, pausing ``idle`` seconds when
+        nothing is), at most ``max_launches``; with ``wait``, each job to its end first.
+        Returns how many were launched.
+
+        Raises:
+            NothingToDo: not ``forever`` and nothing was launched at all.
+        """
+        from autolab.protocol.errors import NothingToDo
+
+        launched = 0
+        while max_launches is None or launched < max_launches:
+            try:
+                job = self.launch_next()
+            except NothingToDo as exc:
+                if not forever and not launched:
+                    raise  # exit code 3: this run launched nothing
+                if not forever:
+                    self.say(f"stopping: {exc}")
+                    break
+                time.sleep(idle)
+                continue
+            launched += 1
+            if wait:
+                self.say(f"job {job.id} ended: {self.wait(job)}")
+        return launched
+
     def wait(self, job: JobInfo, poll: float = 5.0) -> str:
         """Block until ``job`` ends; return its stage.
 
@@ -312,7 +340,8 @@ class JobCheck:
 
     alive: set[str] = field(default_factory=set)
     settled: list[str] = field(default_factory=list)
-    ended: list[tx.Reaped] = field(default_factory=list)  # attempts ended without a score
+    # Attempts this check ended: without a score, or with one recovered from the logs.
+    ended: list[tx.Reaped] = field(default_factory=list)
 
 
 def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
@@ -455,6 +484,8 @@ def _settle(lab: Lab, exp: Experiment, job: Any, job_id: str, stage: str, messag
             job_seconds=seconds, cost_usd=cost,
         )
         result = tx.submit(lab, score)
+        if result.outcome in ("recorded", "late"):
+            check.ended.append(tx.Reaped(exp.id, exp.attempt, "recovered"))
         return (f"{exp.id} attempt {exp.attempt}: {view.config.metric}={metric:.6g} recovered "
                 f"from the logs of {what} ({result.outcome})")
     event = tx.abandon(lab, exp, what + (f" (log: {log_ref})" if log_ref else ""),

@@ -62,36 +62,17 @@ def hf_worker(lab: str | None, agent: str | None, *, once: bool, loop: bool,
               max_: int | None, detach: bool, interval: float, overrides: dict[str, Any]
               ) -> None:
     """``autolab worker --backend hf-jobs``: claim, launch, record the job, move on."""
-    import time
-
     from autolab.agents.backends.hf_jobs import JobSettings, Launcher
     from autolab.agents.cli.cmd_agents import _say
     from autolab.agents.stopping import Stopped
-    from autolab.protocol.errors import NothingToDo
 
     the_lab = open_lab(lab, agent)
     config = the_lab.read().config
     settings = JobSettings.from_config(config.hf_jobs, config.timeout, **overrides)
     launcher = Launcher(the_lab, settings, say=_say(f"worker {the_lab.agent}"))
-    launched = 0
     try:
-        while max_ is None or launched < max_:
-            try:
-                job = launcher.launch_next()
-            except NothingToDo as exc:
-                if not launched and not loop:
-                    raise  # exit code 3: this run launched nothing
-                if not loop:
-                    launcher.say(f"stopping: {exc}")
-                    return
-                time.sleep(interval)
-                continue
-            launched += 1
-            if not detach:
-                stage = launcher.wait(job)
-                launcher.say(f"job {job.id} ended: {stage}")
-            if once:
-                return
+        launcher.loop(max_launches=1 if once else max_, forever=loop, wait=not detach,
+                      idle=interval)
     except (Stopped, KeyboardInterrupt):
         launcher.say("stopped (launched jobs keep running)")
 

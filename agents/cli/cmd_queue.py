@@ -66,7 +66,7 @@ def propose(
 
 
 def _knob_patch(the_lab, assignments: list[str]) -> str:  # type: ignore[no-untyped-def]
-    from autolab.agents.knobs import knob_patch
+    from autolab.protocol.knobs import knob_patch
 
     view = the_lab.read()
     config = view.config

@@ -12,8 +12,8 @@ import math
 import random
 from typing import Any
 
-from autolab.agents.knobs import format_value, knob_patch, read_knob
 from autolab.protocol.config import Knob, LabConfig
+from autolab.protocol.knobs import format_value, knob_patch, read_knob
 from autolab.protocol.patches import normalized_hash
 from autolab.protocol.transactions import Proposal
 

@@ -56,12 +56,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from autolab.agents.knobs import knob_patch, set_knobs  # noqa: E402
 from autolab.agents.lab_init import init_lab  # noqa: E402
 from autolab.agents.proposers.space import BASELINE_HYPOTHESIS, hypothesis, mutate  # noqa: E402
 from autolab.protocol import transactions as tx  # noqa: E402
 from autolab.protocol.gitstore import GitStore  # noqa: E402
 from autolab.protocol.harness import harness_files, harness_hash  # noqa: E402
+from autolab.protocol.knobs import knob_patch, set_knobs  # noqa: E402
 from autolab.protocol.lab import Lab, MainChange, now  # noqa: E402
 from autolab.protocol.patches import matches, normalized_hash  # noqa: E402
 from autolab.protocol.reader import load_config  # noqa: E402
@@ -320,7 +320,7 @@ PLANS = ((0.04, ["crash"]), (0.06, ["timeout"]), (0.07, ["invalid"]),
 def _literal(text: str, name: str) -> Any:
     import ast
 
-    from autolab.agents.knobs import read_knob
+    from autolab.protocol.knobs import read_knob
 
     raw = read_knob(text, name)
     return ast.literal_eval(raw) if raw is not None else None
