@@ -41,10 +41,15 @@ class Worktree:
     def populate(self, store: LabStore, commit: str, harness: dict[str, str]) -> None:
         """Export ``commit``, drop the lab's state, then write ``harness`` (path -> blob
         id, the protected files of ``main``) over it."""
-        store.export(commit, str(self.path))
-        shutil.rmtree(self.path / STATE_DIR, ignore_errors=True)
+        self.fill(self.path, store, commit, harness)
+
+    @staticmethod
+    def fill(directory: Path, store: LabStore, commit: str, harness: dict[str, str]) -> None:
+        """:meth:`populate` into any (empty) ``directory``."""
+        store.export(commit, str(directory))
+        shutil.rmtree(directory / STATE_DIR, ignore_errors=True)
         for path, blob in harness.items():
-            target = self.path / path
+            target = directory / path
             target.parent.mkdir(parents=True, exist_ok=True)
             target.unlink(missing_ok=True)
             target.write_bytes(store.read_blob(blob))

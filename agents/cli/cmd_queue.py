@@ -78,21 +78,56 @@ def _knob_patch(the_lab, assignments: list[str]) -> str:  # type: ignore[no-unty
 
 def claim(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
           backend: Annotated[str, typer.Option(help="Backend recorded with the claim.")
-                             ] = "local") -> None:
-    """Claim one queued experiment (exit code 3 when none is claimable)."""
-    from autolab.protocol.transactions import claim as do_claim
+                             ] = "local",
+          worktree: Annotated[Path | None, typer.Option(
+              help="Also prepare DIR (absent or empty) to run the experiment by hand: its "
+              "files as a worker runs them, and a claim file for `submit --worktree DIR`.",
+              show_default=False)] = None) -> None:
+    """Claim one queued experiment (exit code 3 when none is claimable).
 
-    won = do_claim(open_lab(lab, agent), backend=backend)
+    With --worktree DIR: run the command of the lab's [run] in DIR, then
+    `autolab submit --worktree DIR --log run.log` pushes the experiment's branch and
+    records the score (docs/lab.md, "The manual flow").
+    """
+    from autolab.protocol.errors import UsageError
+    from autolab.protocol.transactions import claim as do_claim
+    from autolab.protocol.transactions import release
+
+    if worktree is not None and worktree.exists() and (
+            not worktree.is_dir() or any(worktree.iterdir())):
+        raise UsageError(f"--worktree {worktree}: exists and is not empty")
+    the_lab = open_lab(lab, agent)
+    won = do_claim(the_lab, backend=backend)
+    prepared = None
+    if worktree is not None:
+        from autolab.agents.manual import prepare
+
+        try:
+            prepared = prepare(the_lab, won, worktree)
+        except BaseException as exc:
+            # Nobody can run it from here: give it back at once (not counted).
+            release(the_lab, won.experiment_id, won.attempt,
+                    f"claim --worktree failed: {str(exc)[:200]}")
+            raise
     if as_json:
-        print_json(won.to_dict())
+        print_json({**won.to_dict(), "agent": the_lab.agent,
+                    **({"worktree": str(worktree), "commit": prepared.commit}
+                       if prepared else {})})
     else:
-        typer.echo(f"claimed {won.experiment_id} attempt {won.attempt} "
+        typer.echo(f"claimed {won.experiment_id} attempt {won.attempt} as {the_lab.agent} "
                    f"(lease until {won.lease_until:%H:%M:%S} UTC): {won.hypothesis}")
+        if prepared is not None:
+            config = the_lab.read(max_age=5.0).config
+            typer.echo(f"worktree {worktree}: run `{config.command}` there (within "
+                       f"{config.timeout:g}s), then `autolab submit --worktree {worktree} "
+                       "--log <its output>`")
 
 
 def submit(
-    experiment: Annotated[str, typer.Option(help="Experiment id.")],
-    attempt: Annotated[int, typer.Option(help="Attempt number from the claim.")],
+    experiment: Annotated[str | None, typer.Option(help="Experiment id.",
+                                                   show_default=False)] = None,
+    attempt: Annotated[int | None, typer.Option(help="Attempt number from the claim.",
+                                                show_default=False)] = None,
     metrics_file: Annotated[Path | None, typer.Option(help="JSON object of metrics.")] = None,
     log: Annotated[Path | None, typer.Option(help="Run log ending in a '---' summary block."
                                              )] = None,
@@ -103,12 +138,16 @@ def submit(
         help="The measured commit, on autolab/exp/<id>: the experiment's parent plus "
              "exactly its patch (checked).")] = None,
     runtime: Annotated[float | None, typer.Option(help="Run time in seconds.")] = None,
+    worktree: Annotated[Path | None, typer.Option(
+        help="A worktree made by `claim --worktree`: its experiment, attempt and agent are "
+        "used, and its branch is pushed for you.", show_default=False)] = None,
     lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Record the score of an attempt you claimed (idempotent per experiment and attempt).
 
     Only the attempt's claimant (the same --agent) may submit; a --branch-commit must
-    be the experiment's parent plus exactly its patch, on autolab/exp/<id>.
+    be the experiment's parent plus exactly its patch, on autolab/exp/<id>. With
+    --worktree DIR (from `claim --worktree`), all of that is taken care of.
     """
     from autolab.agents.summary import classify, parse_metrics, parse_summary
     from autolab.protocol.errors import AutoLabError, UsageError, shown
@@ -118,6 +157,18 @@ def submit(
 
     if (metrics_file is None) == (log is None):
         raise UsageError("give exactly one of --metrics-file F or --log F")
+    record = None
+    if worktree is not None:
+        from autolab.agents.manual import load
+
+        if experiment is not None or attempt is not None or branch_commit is not None:
+            raise UsageError("--worktree gives the experiment, attempt and branch commit: "
+                             "leave out --experiment, --attempt and --branch-commit")
+        record = load(worktree)
+        experiment, attempt = record.experiment_id, record.attempt
+        lab, agent = lab or record.lab, agent or record.agent
+    elif experiment is None or attempt is None:
+        raise UsageError("give --experiment and --attempt, or --worktree DIR")
     if status is not None and status not in SCORE_STATUSES:
         raise UsageError(f"--status {status!r}: choose one of {', '.join(SCORE_STATUSES)}")
     try:
@@ -136,6 +187,12 @@ def submit(
     view = the_lab.read()
     config = view.config
     found, value, why = classify(metrics, config.metric, config.bounds)
+    if record is not None:
+        from autolab.agents.manual import check_unchanged, push_branch
+
+        assert worktree is not None
+        check_unchanged(the_lab, record, worktree)
+        branch_commit = push_branch(the_lab, record, f"{status or found} (manual)")
     if branch_commit is not None:
         _check_branch_commit(the_lab, view, experiment, branch_commit)
     from autolab.protocol.harness import harness_files, harness_hash
