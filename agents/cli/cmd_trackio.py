@@ -21,6 +21,9 @@ HOST = "127.0.0.1"  # the dashboard can rename and delete runs: never serve it b
 
 def trackio_sync(lab: LabOpt = None, project: ProjectOpt = None) -> None:
     """Copy finished experiments, the running best and anomalies into Trackio ($TRACKIO_DIR)."""
+    from autolab.extras import require
+
+    require("autolab trackio-sync", "trackio", "trackio")
     from autolab.scoreboard.trackio_sync import sync
 
     report = sync(open_lab(lab).read(), project)
@@ -35,6 +38,9 @@ def dashboard(
     browser: Annotated[bool, typer.Option(help="Open it in a web browser.")] = False,
 ) -> None:
     """Sync the lab into Trackio, then serve Trackio's dashboard on 127.0.0.1 until stopped."""
+    from autolab.extras import require
+
+    require("autolab dashboard", "trackio", "trackio")
     from autolab.scoreboard.trackio_sync import quiet, sync
 
     report = sync(open_lab(lab).read(), project)
