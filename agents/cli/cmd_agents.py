@@ -188,7 +188,10 @@ def demo(
     workers: Annotated[int, typer.Option(help="Number of workers.")] = 2,
     minutes: Annotated[float, typer.Option(help="How long the swarm runs.")] = 3.0,
     dir_: Annotated[Path | None, typer.Option("--dir", help="Where the demo lab goes "
-                                              "(default ./autolab-demo).")] = None,
+                                              "(default ./autolab-demo); must be new or "
+                                              "empty, unless --reuse.")] = None,
+    reuse: Annotated[bool, typer.Option(
+        "--reuse", help="Continue the lab an earlier demo left in --dir.")] = False,
     budget: Annotated[float | None, typer.Option(help="Training seconds per run (default: "
                                                  "the template's).")] = None,
     live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
@@ -210,7 +213,7 @@ def demo(
 
     console = Console()
     report = run_demo(workers=workers, minutes=minutes, directory=dir_, budget=budget,
-                      live=live and sys.stdout.isatty())
+                      live=live and sys.stdout.isatty(), reuse=reuse)
     view = Lab.open(str(report.lab), "demo").read()
     config, state = view.config, view.state
     table = Table("experiment", config.metric, "promoted", "hypothesis", title="leaderboard")
