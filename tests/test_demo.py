@@ -9,7 +9,7 @@ import pytest
 from autolab.agents.lab_init import init_lab
 from autolab.protocol.lab import Lab
 
-from .conftest import run_cli
+from .conftest import REPO, run_cli
 
 
 @pytest.mark.slow
@@ -86,3 +86,12 @@ def test_demo_reuse_continues_the_lab_an_earlier_demo_left(tmp_path):
     state = Lab.open(str(lab_path), "check").read().state
     assert state.experiments and all(e.terminal for e in state.experiments.values())
     assert (demo / "logs" / "planner.log").is_file()
+
+
+def test_demo_and_swarm_default_dirs_are_ignored_by_git():
+    if not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["autolab-demo/lab.git/HEAD", "autolab-logs/worker-1.log", "autolab-report/x.png"]
+    proc = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.stdout.split() == paths

@@ -244,8 +244,9 @@ def demo(
         hints.append(f"TRACKIO_DIR={report.dir / 'trackio'} autolab dashboard "
                      f"--lab {report.lab}")
     hints.append(f"logs: {report.dir / 'logs'}")
+    # soft_wrap: a command cut at the terminal's width could not be pasted back
     console.print("\ninspect the lab:\n" + "\n".join(f"  {h}" for h in hints),
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
