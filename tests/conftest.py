@@ -21,6 +21,23 @@ from autolab.agents.lab_init import init_lab
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``$AUTOLAB_TEST_INSTALLED`` (a site-packages directory; ``.ci/run`` sets it),
+    the tests must exercise the copy of autolab installed there, not the checkout."""
+    site = os.environ.get("AUTOLAB_TEST_INSTALLED")
+    if not site:
+        return
+    import autolab
+    import autolab.agents.cli.app
+    import autolab.protocol
+
+    where = Path(site).resolve()
+    for module in (autolab, autolab.protocol, autolab.agents.cli.app):
+        path = Path(module.__file__ or "").resolve()
+        if where not in path.parents:
+            raise pytest.UsageError(f"{module.__name__} comes from {path}, not from {where}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -150,7 +150,8 @@ def reporter(
     lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
     interval: IntervalOpt = 5.0,
     trackio: Annotated[bool, typer.Option(help="Mirror finished experiments into Trackio "
-                                          "($TRACKIO_DIR).")] = True,
+                                          "($TRACKIO_DIR); off where the trackio extra is "
+                                          "not installed.")] = True,
     project: Annotated[str | None, typer.Option(help="Trackio project (default: the lab's "
                                                 "name).", show_default=False)] = None,
 ) -> None:
@@ -160,6 +161,12 @@ def reporter(
 
     the_lab = open_lab(lab, agent)
     say = _say(f"reporter {the_lab.agent}")
+    if trackio:
+        from autolab.extras import installed
+
+        if not installed("trackio"):  # a coordinating agent: its other duties go on
+            say("trackio mirror off: trackio is not installed (pip install 'autolab[trackio]')")
+            trackio = False
     _rounds(once, loop, interval,
             lambda: report_once(the_lab, say, trackio=trackio, project=project))
 
@@ -171,7 +178,11 @@ def swarm(
     depth: Annotated[int, typer.Option(help="Planner's queue depth.")] = 4,
     log_dir: Annotated[Path, typer.Option(help="Per-agent log files.")] = Path("autolab-logs"),
 ) -> None:
-    """Run a planner, N workers and a reporter as local processes for --duration."""
+    """Run a planner, N workers and a reporter as local processes for --duration.
+
+    Exits 1, naming the agent, its exit code and the end of its log, if an agent dies
+    before --duration is over (the others are stopped first).
+    """
     from autolab.agents.swarm import Swarm, parse_duration
 
     seconds = parse_duration(duration)
@@ -189,12 +200,22 @@ def demo(
     workers: Annotated[int, typer.Option(help="Number of workers.")] = 2,
     minutes: Annotated[float, typer.Option(help="How long the swarm runs.")] = 3.0,
     dir_: Annotated[Path | None, typer.Option("--dir", help="Where the demo lab goes "
-                                              "(default ./autolab-demo).")] = None,
+                                              "(default ./autolab-demo); must be new or "
+                                              "empty, unless --reuse.")] = None,
+    reuse: Annotated[bool, typer.Option(
+        "--reuse", help="Continue the lab an earlier demo left in --dir.")] = False,
     budget: Annotated[float | None, typer.Option(help="Training seconds per run (default: "
                                                  "the template's).")] = None,
     live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
 ) -> None:
-    """Run a whole lab locally on tiny-lm: planner, workers, reporter, promotions."""
+    """Run a whole lab locally on tiny-lm: planner, workers, reporter, promotions.
+
+    Exits 1, naming the agent, its exit code and the end of its log, if an agent dies
+    before the demo ends.
+    """
+    from autolab.extras import installed, require
+
+    require("autolab demo", "train", "torch")  # tiny-lm trains with it, in this environment
     from rich.console import Console
     from rich.table import Table
 
@@ -204,7 +225,7 @@ def demo(
 
     console = Console()
     report = run_demo(workers=workers, minutes=minutes, directory=dir_, budget=budget,
-                      live=live and sys.stdout.isatty())
+                      live=live and sys.stdout.isatty(), reuse=reuse)
     view = Lab.open(str(report.lab), "demo").read()
     config, state = view.config, view.state
     table = Table("experiment", config.metric, "promoted", "hypothesis", title="leaderboard")
@@ -225,13 +246,19 @@ def demo(
     if report.overhead_mean is not None:
         console.print(f"protocol overhead per experiment: {report.overhead_mean:.2f}s "
                       f"({report.overhead_share:.1%} of worker time, {len(report.cycles)} runs)")
-    console.print(f"\ninspect the lab:\n  autolab status --lab {report.lab}\n"
-                  f"  autolab sql --lab {report.lab} \"SELECT experiment_id, state, metric, "
-                  f"hypothesis FROM experiments ORDER BY metric\"\n"
-                  f"  git -C {report.lab} log --first-parent --oneline main\n"
-                  f"  autolab report --lab {report.lab} --out {report.dir / 'report'}\n"
-                  f"  TRACKIO_DIR={report.dir / 'trackio'} autolab dashboard --lab {report.lab}\n"
-                  f"  logs: {report.dir / 'logs'}")
+    hints = [f"autolab status --lab {report.lab}",
+             f"autolab sql --lab {report.lab} \"SELECT experiment_id, state, metric, "
+             f"hypothesis FROM experiments ORDER BY metric\"",
+             f"git -C {report.lab} log --first-parent --oneline main"]
+    if installed("matplotlib"):
+        hints.append(f"autolab report --lab {report.lab} --out {report.dir / 'report'}")
+    if installed("trackio"):
+        hints.append(f"TRACKIO_DIR={report.dir / 'trackio'} autolab dashboard "
+                     f"--lab {report.lab}")
+    hints.append(f"logs: {report.dir / 'logs'}")
+    # soft_wrap: a command cut at the terminal's width could not be pasted back
+    console.print("\ninspect the lab:\n" + "\n".join(f"  {h}" for h in hints),
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

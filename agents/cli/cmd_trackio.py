@@ -24,7 +24,10 @@ def trackio_sync(lab: LabOpt = None, project: ProjectOpt = None) -> None:
 
     Exit code 3 when the project was already up to date.
     """
+    from autolab.extras import require
     from autolab.protocol.errors import NothingToDo
+
+    require("autolab trackio-sync", "trackio", "trackio")
     from autolab.scoreboard.trackio_sync import sync
 
     report = sync(open_lab(lab).read(), project)
@@ -40,6 +43,9 @@ def dashboard(
     browser: Annotated[bool, typer.Option(help="Open it in a web browser.")] = False,
 ) -> None:
     """Sync the lab into Trackio, then serve Trackio's dashboard on 127.0.0.1 until stopped."""
+    from autolab.extras import require
+
+    require("autolab dashboard", "trackio", "trackio")
     from autolab.scoreboard.trackio_sync import quiet, sync
 
     report = sync(open_lab(lab).read(), project)
