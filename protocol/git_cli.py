@@ -68,33 +68,94 @@ def git_env(url: str = "", userinfo: str | None = None) -> dict[str, str]:
     return env
 
 
+def credential_source(url: str, userinfo: str | None = None) -> str | None:
+    """What credential autolab hands git for ``url`` (named for messages: never its
+    value), or None when git gets none from autolab."""
+    if not url.startswith(("https://", "http://")) or re.match(r"https?://[^/@]+@", url):
+        return None
+    if userinfo is not None:
+        return "the user:token in the lab URL"
+    if not url.startswith("https://"):
+        return None
+    if os.environ.get("AUTOLAB_GIT_TOKEN"):
+        return "AUTOLAB_GIT_TOKEN"
+    if re.match(r"https://(www\.)?huggingface\.co/", url) and os.environ.get("HF_TOKEN"):
+        return "HF_TOKEN"
+    return None
+
+
 def _token_auth(url: str, userinfo: str | None = None) -> dict[str, str]:
     """HTTP basic auth as git config in the environment: from the lab URL's own
     ``user:password``, else ``$AUTOLAB_GIT_TOKEN`` (or ``$HF_TOKEN`` for the Hub). A
     credential never has to be written into a lab URL, where it would show up in job
     specs and process lists."""
-    if not url.startswith(("https://", "http://")) or re.match(r"https?://[^/@]+@", url):
+    source = credential_source(url, userinfo)
+    if source is None:
         return {}
     if userinfo is not None:
         user, _, password = (unquote(part) for part in userinfo.partition(":"))
         basic_of = f"{user}:{password}"
     else:
-        token = os.environ.get("AUTOLAB_GIT_TOKEN")
-        if not token and re.match(r"https://(www\.)?huggingface\.co/", url):
-            token = os.environ.get("HF_TOKEN")
-        if not token or not url.startswith("https://"):
-            return {}
-        basic_of = f"autolab:{token}"
+        basic_of = f"autolab:{os.environ[source]}"
     import base64
 
     host = re.match(r"https?://[^/]+/", url + "/")
     assert host is not None
     basic = base64.b64encode(basic_of.encode()).decode()
     count = int(os.environ.get("GIT_CONFIG_COUNT", "0") or 0)
-    # Scoped to the lab's host: the credential is never sent anywhere else.
-    return {"GIT_CONFIG_COUNT": str(count + 1),
+    # Scoped to the lab's host: the credential is never sent anywhere else. git would
+    # send an extra header on to wherever an initial redirect leads (the requests after
+    # the redirect carry it), so with a credential redirects are not followed at all.
+    return {"GIT_CONFIG_COUNT": str(count + 2),
             f"GIT_CONFIG_KEY_{count}": f"http.{host.group(0)}.extraHeader",
-            f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {basic}"}
+            f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {basic}",
+            f"GIT_CONFIG_KEY_{count + 1}": f"http.{host.group(0)}.followRedirects",
+            f"GIT_CONFIG_VALUE_{count + 1}": "false"}
+
+
+# What git (and ssh under it) says when the host wants credentials it did not get,
+# refuses the ones it got, or cannot be authenticated itself.
+_HTTP_AUTH = ("Authentication failed for", "could not read Username",
+              "could not read Password", "returned error: 401", "returned error: 403")
+_HTTP_REDIRECT = re.compile(r"returned error: 30[1278]\b")
+_SSH_AUTH = re.compile(r"^(.*Permission denied \(.*\)\.?|Host key verification failed\.?)$",
+                       re.MULTILINE)
+
+
+def auth_failure(stderr: str, url: str, userinfo: str | None = None) -> str | None:
+    """A one-line message saying what to set, when ``stderr`` of a failed git command
+    against ``url`` is an authentication failure (or a redirect autolab refused to
+    follow with a credential); None otherwise. The message names no credential value.
+    """
+    shown = redact(url)
+    if url.startswith(("https://", "http://")):
+        source = credential_source(url, userinfo)
+        if source is not None and _HTTP_REDIRECT.search(stderr):
+            return (f"{shown} answers with a redirect; autolab sends {source} to the lab's "
+                    f"own URL only and does not follow redirects: use the repository's "
+                    f"current clone URL (ending in .git)")
+        if not any(word in stderr for word in _HTTP_AUTH):
+            return None
+        if source is not None:
+            return (f"{shown}: the host refused the credentials from {source} (status "
+                    f"401/403): check that the token is valid and may read and push "
+                    f"this repository")
+        if url.startswith("http://") and os.environ.get("AUTOLAB_GIT_TOKEN"):
+            return (f"{shown}: the host asks for credentials, and AUTOLAB_GIT_TOKEN is "
+                    f"only sent over https://: use the https:// URL")
+        return (f"{shown}: the host asks for credentials: set AUTOLAB_GIT_TOKEN to a "
+                f"token that may read and push this repository")
+    if url.startswith(("/", "file://", "git://")):
+        return None
+    match = _SSH_AUTH.search(stderr)
+    if match is None:
+        return None
+    said = redact(match[1].strip())
+    if "Host key verification failed" in said:
+        return (f"{shown}: {said} (ssh does not know this host's key): add it to "
+                f"~/.ssh/known_hosts (ssh-keyscan), or set GIT_SSH_COMMAND")
+    return (f"{shown}: ssh refused: {said}: give ssh a key the host accepts (ssh-agent, "
+            f"~/.ssh/config, or GIT_SSH_COMMAND='ssh -i KEY')")
 
 
 def raise_for_push(flag: str, summary: str, ref: str, url: str) -> None:
