@@ -7,8 +7,10 @@ tell a lost race, a broken transport and a damaged local clone apart.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -38,9 +40,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autolab"
 
 
+def is_scp_like(url: str) -> bool:
+    """``[user@]host:path``, git's short form of an SSH URL: a colon with no slash
+    before it (git's own rule; ``./a:b`` is a path)."""
+    head, colon, _ = url.partition(":")
+    return bool(colon) and bool(head) and "/" not in head and "://" not in url
+
+
+def is_ssh_url(url: str) -> bool:
+    return url.startswith(("ssh://", "git+ssh://", "ssh+git://")) or is_scp_like(url)
+
+
 def normalize_url(url: str) -> str:
     """Absolute path for local labs, the URL unchanged otherwise."""
-    if "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url):
+    if "://" in url or is_scp_like(url):
         return url
     return str(Path(url).expanduser().resolve())
 
@@ -63,9 +76,34 @@ def git_env(url: str = "", userinfo: str | None = None) -> dict[str, str]:
     credentials (``userinfo`` from the lab URL, else a token from the environment)."""
     env = dict(os.environ)
     env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", LANG="C", GIT_ASKPASS="true")
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    if is_ssh_url(url) and not _ssh_command_configured(env):
+        # Never a passphrase or host-key prompt that would stall an agent; an ssh command
+        # the user gave git (GIT_SSH_COMMAND, GIT_SSH, core.sshCommand) is kept as is.
+        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
     env.update(_token_auth(url, userinfo))
     return env
+
+
+def _ssh_command_configured(env: dict[str, str]) -> bool:
+    if env.get("GIT_SSH_COMMAND") or env.get("GIT_SSH"):
+        return True
+    # core.sshCommand from the user's git config (a setting in the environment would
+    # override it). What git reads depends on these variables only.
+    key = tuple(sorted((k, v) for k, v in env.items()
+                       if k.startswith("GIT_CONFIG") or k in ("HOME", "XDG_CONFIG_HOME")))
+    return _core_ssh_command(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _core_ssh_command(key: tuple[tuple[str, str], ...]) -> bool:
+    """Whether git's configuration outside any repository sets ``core.sshCommand``."""
+    try:
+        proc = subprocess.run(["git", "config", "--get", "core.sshCommand"], cwd="/",
+                              env={**os.environ, **dict(key)}, capture_output=True,
+                              timeout=GIT_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and bool(proc.stdout.strip())
 
 
 def credential_source(url: str, userinfo: str | None = None) -> str | None:

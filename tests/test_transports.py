@@ -258,3 +258,52 @@ def test_smart_http_carries_chunked_and_gzipped_requests(
     seen = _lab_requests(setup.server, name)
     assert any(r.chunked and r.path.endswith("git-receive-pack") for r in seen)
     assert any(r.encoding == "gzip" and r.path.endswith("git-upload-pack") for r in seen)
+
+
+def test_an_scp_style_url_through_an_ssh_host_alias_is_a_remote_not_a_path(
+        ssh_git_server: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``host:/path/lab.git`` (git's short SSH form, with a host from ~/.ssh/config)
+    was taken for a relative local path."""
+    sshd = ssh_git_server
+    bare = tmp_path / "lab.git"
+    init_lab(bare, "blank", bare=True)
+    config = tmp_path / "ssh_config"
+    config.write_text(f"Host labhost\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                      f"  User {sshd.user}\n  LogLevel ERROR\n")
+    monkeypatch.setenv("GIT_SSH_COMMAND", sshd.ssh_command().replace(
+        str(sshd.client_config), str(config)))
+    monkeypatch.chdir(tmp_path)
+    store = GitStore(f"labhost:{bare}")
+    assert store.url == f"labhost:{bare}"
+    assert store.refresh().main == subprocess.run(
+        ["git", "rev-parse", "main"], cwd=bare, capture_output=True, text=True).stdout.strip()
+    record = store.make_commit(None, FileChange(add={"r/x": b"1"}), "record")
+    store.create_ref("refs/autolab/claims/0001/1", record)
+    assert subprocess.run(["git", "rev-parse", "refs/autolab/claims/0001/1"], cwd=bare,
+                          capture_output=True, text=True).stdout.strip() == record
+
+
+@pytest.mark.parametrize("how", ["core.sshCommand", "GIT_SSH"])
+def test_the_ssh_command_the_user_gave_git_is_kept(
+        ssh_git_server: SshServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str):
+    """autolab's own default (``ssh -o BatchMode=yes``) used to replace an ssh command
+    the user configured for git, so git worked and autolab did not."""
+    sshd = ssh_git_server
+    bare = tmp_path / "lab.git"
+    init_lab(bare, "blank", bare=True)
+    monkeypatch.delenv("GIT_SSH_COMMAND", raising=False)
+    monkeypatch.delenv("GIT_SSH", raising=False)
+    if how == "core.sshCommand":
+        config = tmp_path / "gitconfig"
+        subprocess.run(["git", "config", "--file", str(config), "core.sshCommand",
+                        sshd.ssh_command()], check=True)
+        monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(config))
+    else:
+        wrapper = tmp_path / "ssh-for-git"
+        wrapper.write_text(f'#!/bin/sh\nexec {sshd.ssh_command()} "$@"\n')
+        wrapper.chmod(0o755)
+        monkeypatch.setenv("GIT_SSH", str(wrapper))
+    store = GitStore(sshd.url(bare))
+    base = store.refresh().main
+    store.cas_main(store.make_commit(base, FileChange(add={"a.txt": b"a"}), "a"), base)
+    assert store.refresh().main != base
