@@ -16,8 +16,8 @@ needs (``openssl``, ``git http-backend``, ``sshd``) is not installed.
 from __future__ import annotations
 
 import base64
-import getpass
 import os
+import pwd
 import shutil
 import socket
 import ssl
@@ -339,7 +339,7 @@ class SshServer:
         self.base = base
         self.sshd = sshd
         self.port = free_port()
-        self.user = getpass.getuser()
+        self.user = pwd.getpwuid(os.getuid()).pw_name  # not $USER: it may lie
         self.key = base / "id_ed25519"
         self.proc: subprocess.Popen[str] | None = None
         self.config = base / "sshd_config"
