@@ -65,10 +65,13 @@ def split_credentials(url: str) -> tuple[str, str | None]:
     store keeps the bare URL (in its cache clone's config, its messages, the URLs it
     hands to jobs) and gives the credentials to git through its environment.
     """
-    match = re.match(r"^(https?://)([^/@]+)@(.*)$", url)
-    if match is None:
+    match = re.match(r"^(https?://)([^/]*)(.*)$", url)
+    if match is None or "@" not in match[2]:
         return url, None
-    return match[1] + match[3], match[2]
+    # Up to the authority's last "@": a password holding an unencoded "@" must not
+    # leave a piece of itself in the URL that is kept and shown.
+    userinfo, _, host = match[2].rpartition("@")
+    return match[1] + host + match[3], userinfo
 
 
 def git_env(url: str = "", userinfo: str | None = None) -> dict[str, str]:

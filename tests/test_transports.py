@@ -98,6 +98,28 @@ def test_https_token_in_the_url_reaches_git_only_as_a_header_for_that_host(
     _assert_secret_absent(TOKEN, trace, Path(os.environ["AUTOLAB_CACHE"]))
 
 
+def test_a_password_with_an_unencoded_at_sign_leaves_no_piece_of_itself_in_the_url(
+        https_git_server: HttpsSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``https://alice:s3cr@t-tail@host/lab.git``: the URL kept (cache config,
+    messages) was ``https://t-tail@host/...``."""
+    setup = https_git_server
+    name = f"at-{tmp_path.name}.git"
+    init_lab(setup.root / name, "blank", bare=True)
+    password = "s3cr@t-tail-91e2"
+    server = SmartHttpServer(setup.root, token=password,
+                             tls=_tls_context(setup.cert, setup.key)).start()
+    try:
+        monkeypatch.setenv("GIT_SSL_CAINFO", str(setup.cafile))
+        monkeypatch.delenv("AUTOLAB_GIT_TOKEN", raising=False)
+        store = GitStore(server.url(name, f"alice:{password}"))
+        assert store.url == server.url(name)
+        store.refresh()
+        assert {r.authorization for r in server.requests} == {_basic(f"alice:{password}")}
+        assert "t-tail" not in (store.path / "config").read_text()
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize("how", ["environment", "url"])
 def test_a_redirect_to_another_host_never_carries_the_token(
         https_git_server: HttpsSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
