@@ -159,17 +159,28 @@ def _token_auth(url: str, userinfo: str | None = None) -> dict[str, str]:
 _HTTP_AUTH = ("Authentication failed for", "could not read Username",
               "could not read Password", "returned error: 401", "returned error: 403")
 _HTTP_REDIRECT = re.compile(r"returned error: 30[1278]\b")
+# curl built with GnuTLS (Debian's git) or with OpenSSL.
+_TLS_UNTRUSTED = re.compile(r"server certificate verification failed|SSL certificate problem: "
+                            r"[^\n']*|certificate verify failed|no alternative certificate "
+                            r"subject name matches[^\n']*")
 _SSH_AUTH = re.compile(r"^(.*Permission denied \(.*\)\.?|Host key verification failed\.?)$",
                        re.MULTILINE)
 
 
 def auth_failure(stderr: str, url: str, userinfo: str | None = None) -> str | None:
     """A one-line message saying what to set, when ``stderr`` of a failed git command
-    against ``url`` is an authentication failure (or a redirect autolab refused to
-    follow with a credential); None otherwise. The message names no credential value.
+    against ``url`` is an authentication failure of either side (credentials refused
+    or missing, an ssh host key or TLS certificate not trusted) or a redirect autolab
+    refused to follow with a credential; None otherwise. None of these is worth a
+    retry. The message names no credential value.
     """
     shown = redact(url)
     if url.startswith(("https://", "http://")):
+        untrusted = _TLS_UNTRUSTED.search(stderr)
+        if untrusted is not None:
+            return (f"{shown}: git does not trust the host's TLS certificate "
+                    f"({untrusted[0].rstrip('.')}): for a host with a private CA, set "
+                    f"GIT_SSL_CAINFO to the CA's certificate file")
         source = credential_source(url, userinfo)
         if source is not None and _HTTP_REDIRECT.search(stderr):
             return (f"{shown} answers with a redirect; autolab sends {source} to the lab's "

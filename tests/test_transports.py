@@ -187,6 +187,21 @@ def test_https_without_the_right_token_is_a_prompt_one_line_error(
     assert _fetches(trace) == 1  # an authentication failure is not worth retrying
 
 
+def test_an_untrusted_tls_certificate_is_a_prompt_one_line_error(
+        https_git_server: HttpsSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    setup = https_git_server
+    name = f"tls-{tmp_path.name}.git"
+    init_lab(setup.root / name, "blank", bare=True)
+    monkeypatch.delenv("GIT_SSL_CAINFO", raising=False)  # the throwaway CA is not trusted
+    monkeypatch.setenv("AUTOLAB_GIT_TOKEN", TOKEN)
+    trace = tmp_path / "git-trace"
+    monkeypatch.setenv("GIT_TRACE", str(trace))
+    line = _one_line_error(run_cli("status", "--lab", setup.server.url(name)), TOKEN)
+    assert "TLS certificate" in line and "GIT_SSL_CAINFO" in line, line
+    assert _fetches(trace) == 1
+    assert not _lab_requests(setup.server, name)  # nothing was sent to an unverified host
+
+
 def test_a_token_that_may_not_push_is_named_in_the_push_error(
         https_git_server: HttpsSetup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     setup = https_git_server
