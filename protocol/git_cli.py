@@ -202,7 +202,7 @@ def auth_failure(stderr: str, url: str, userinfo: str | None = None) -> str | No
     match = _SSH_AUTH.search(stderr)
     if match is None:
         return None
-    said = redact(match[1].strip())
+    said = redact(match[1].strip()).rstrip(".")
     if "Host key verification failed" in said:
         return (f"{shown}: {said} (ssh does not know this host's key): add it to "
                 f"~/.ssh/known_hosts (ssh-keyscan), or set GIT_SSH_COMMAND")
