@@ -26,6 +26,15 @@ def _checkout_main(remote, dest: Path) -> Path:
 
 
 def test_eight_processes_claim_forty_experiments_exactly_once(remote, tmp_path):
+    _claim_forty_with_eight_processes(remote)
+
+
+def test_eight_processes_claim_forty_experiments_exactly_once_over_https_and_ssh(served_remote):
+    """The same race through a token-protected smart HTTPS host and through sshd."""
+    _claim_forty_with_eight_processes(served_remote)
+
+
+def _claim_forty_with_eight_processes(remote) -> None:
     lab = Lab.open(remote.url, "planner")
     ids = propose_x(lab, *[float(v) / 10 for v in range(1, 41)])
     assert len(set(ids)) == 40
