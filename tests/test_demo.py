@@ -78,7 +78,7 @@ def test_demo_reuse_continues_the_lab_an_earlier_demo_left(tmp_path):
     first = root_commit()
     budget = run_cli("demo", "--dir", str(demo), "--reuse", "--budget", "1", "--no-live")
     assert budget.returncode == 2 and "--budget sets up a new demo lab" in budget.stderr
-    proc = run_cli("demo", "--workers", "1", "--minutes", "0.08", "--dir", str(demo),
+    proc = run_cli("demo", "--workers", "1", "--minutes", "0.25", "--dir", str(demo),
                    "--reuse", "--no-live")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "leaderboard" in proc.stdout and str(lab_path) in proc.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,8 @@ def lab(tmp_path: Path) -> str:
 
 
 def _children(pid: int) -> dict[str, int]:
-    """Agent name ($AUTOLAB_AGENT) -> pid, for the live child processes of ``pid``."""
+    """Agent name ($AUTOLAB_AGENT without the ``<host>-`` a swarm puts first) -> pid, for
+    the live child processes of ``pid``."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -41,7 +43,8 @@ def _children(pid: int) -> dict[str, int]:
             continue
         for item in env:
             if item.startswith(b"AUTOLAB_AGENT="):
-                found[item.split(b"=", 1)[1].decode()] = int(entry.name)
+                agent = item.split(b"=", 1)[1].decode()
+                found[agent.removeprefix(f"{socket.gethostname()}-")] = int(entry.name)
     return found
 
 
