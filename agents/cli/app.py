@@ -110,6 +110,7 @@ def _text_only(command: typer.main.TyperCommand | typer.main.TyperGroup) -> None
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning AutoLabError into a one-line message."""
+    from autolab.agents.stopping import Stopped
     from autolab.protocol.errors import AutoLabError
 
     _register()
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> None:
         if done.code is not None and not isinstance(done.code, int):
             print(done.code, file=sys.stderr)
         _exit(code)
+    except Stopped:
+        # A stop that came before (or after) an agent's own handling of it, e.g. while
+        # it was starting: nothing was held, so this is a clean stop.
+        _exit(0)
     except Exception as exc:
         from autolab.protocol.redact import redact
 
