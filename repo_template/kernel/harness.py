@@ -324,6 +324,21 @@ def load_cpu():
     return fn
 
 
+def as_candidate(fn):
+    """fn, with any exception it raises turned into Invalid: a candidate that fails is
+    invalid, not a crash of the harness."""
+
+    def call(*args):
+        try:
+            return fn(*args)
+        except Invalid:
+            raise
+        except Exception as exc:
+            raise Invalid(f"the candidate raised {type(exc).__name__}: {exc}") from None
+
+    return call
+
+
 # --------------------------------------------------------------------- correctness
 
 
@@ -510,7 +525,7 @@ def evaluate() -> dict[str, float]:
             call = build_cuda(cuda, defines, workdir)
         else:
             torch.set_num_threads(1)
-            call = load_cpu()
+            call = as_candidate(load_cpu())
         _check_snapshot(before, "while kernel.py loaded")
         check_all(call, device, gen)
         _check_snapshot(before, "by the candidate")

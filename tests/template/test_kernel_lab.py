@@ -181,6 +181,18 @@ def test_runtime_checks_reject_a_call_of_the_reference(harness):
                           torch.Generator().manual_seed(1))
 
 
+def test_a_candidate_that_raises_is_invalid_not_a_crash(tmp_path):
+    lab = tmp_path / "lab"
+    shutil.copytree(TEMPLATE, lab)
+    (lab / "kernel.py").write_text(with_cpu_body("    out.copy_(x.view(3, -1))\n"))
+    proc = subprocess.run([sys.executable, "harness.py"], cwd=lab, capture_output=True,
+                          text=True, timeout=300, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert "INVALID: the candidate raised RuntimeError" in proc.stdout
+    summary = parse_summary(proc.stdout)
+    assert summary.metrics == {"correct": 0.0}
+
+
 def test_timed_calls_reject_a_cached_output(harness):
     # Every (shape, dtype) of the correctness sweep is new to the cache, so it passes
     # there; the timed calls repeat a shape with fresh inputs and see the stale copy.
