@@ -93,6 +93,11 @@ BANNED_CUDA = [
     r"\bmalloc\b", r"\bcalloc\b", r"\brealloc\b", r"\bfree\s*\(", r"\bnew\b", r"\bdelete\b",
     r"std::thread", r"std::async", r"pthread", r"\bfork\b", r"\bsystem\s*\(", r"popen",
     r"dlopen", r"dlsym", r"fopen", r"getenv", r"\bFILE\b", r"\bexit\s*\(", r"\babort\s*\(",
+    # Host code can declare any libc or driver function itself: the ways to start
+    # threads, run programs, touch files or memory maps, and run code at load time.
+    r"\bclone\b", r"syscall", r"\bexec[lv]", r"\bmmap\b", r"\bioctl\b", r"\bopen\s*\(",
+    r"\bread\s*\(", r"\bwrite\s*\(", r"\bu?sleep\s*\(", r"nanosleep", r"constructor",
+    r"destructor", r"\bcu[A-Z][A-Za-z]+\s*\(",
 ]
 
 

@@ -109,6 +109,10 @@ CUDA_HACKS = {
     "an allocation": CUDA_LAUNCH + "  void* p; cudaMalloc(&p, 16);\n",
     "a thread": CUDA_LAUNCH + "  std::thread t;\n",
     "a file": CUDA_LAUNCH + '  fopen("x", "r");\n',
+    "a clone": CUDA_LAUNCH + "  clone(0, 0, 0, 0);\n",
+    "a load-time constructor": CUDA_LAUNCH.replace(
+        "  cudaStream_t", "  __attribute__((constructor)) void f();\n  cudaStream_t"),
+    "the driver API": CUDA_LAUNCH + "  cuStreamCreate(0, 0);\n",
 }
 
 
