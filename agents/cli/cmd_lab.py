@@ -12,7 +12,8 @@ from autolab.agents.cli.common import JsonOpt, LabOpt, print_json, resolve_lab
 
 def init(
     path: Annotated[Path, typer.Argument(help="Where to create the lab.")],
-    template: Annotated[str, typer.Option(help="Template: tiny-lm (default), blank, ...")] = (
+    template: Annotated[str, typer.Option(help="Template: tiny-lm (default), kernel, blank, or a "
+                                                "directory holding autolab.toml.")] = (
         "tiny-lm"
     ),
     bare: Annotated[bool, typer.Option("--bare", help="Create a bare repository to use as "
