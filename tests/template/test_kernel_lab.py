@@ -15,10 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autolab.agents.knobs import unified_diff
 from autolab.agents.lab_init import init_lab, templates
 from autolab.agents.summary import parse_summary
 from autolab.protocol.config import parse_config
+from autolab.protocol.knobs import unified_diff
 from autolab.protocol.lab import Lab
 
 from ..conftest import run_cli
