@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from importlib import resources
@@ -37,9 +36,16 @@ def template_dir(name: str) -> Path:
 
 
 def _git(*args: str, cwd: Path) -> None:
-    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    """Run a local git command for ``init``; any failure is one line naming it."""
+    from autolab.protocol.errors import TransportError
+    from autolab.protocol.git_cli import last_line, run_git, verb
+
+    try:
+        proc = run_git(args, cwd=cwd, what=str(cwd))
+    except TransportError as exc:  # timed out, or git could not be started: not transport
+        raise AutoLabError(str(exc)) from None
     if proc.returncode != 0:
-        raise AutoLabError(f"git {args[0]} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        raise AutoLabError(f"git {verb(args)} failed in {cwd}: {last_line(proc.stderr)}")
 
 
 def init_lab(path: Path, template: str = "tiny-lm", *, bare: bool = False,

@@ -88,6 +88,16 @@ class TransportError(AutoLabError):
     """A git command against the remote failed for a reason other than a lost race."""
 
 
+class GitTimeout(TransportError):
+    """A git command ran past its timeout (it and every process it started were
+    killed), or git's transport gave up on a silent peer.
+
+    Not retried by :meth:`autolab.protocol.lab.Lab.retry_transport`: the remote took the
+    connection and then stalled for the whole timeout, and waiting that long again
+    several times would turn one stalled server into minutes of silence.
+    """
+
+
 class ShardError(AutoLabError):
     """A shard on ``main`` (or in a record ref) does not parse or validate.
 

@@ -48,6 +48,8 @@ from autolab.protocol.git_cli import (
     LOCAL_DAMAGE,
     OID,
     CacheDamaged,
+    GitNotStarted,
+    GitTimeout,
     auth_failure,
     cache_root,
     explain_rejections,
@@ -56,7 +58,9 @@ from autolab.protocol.git_cli import (
     last_line,
     normalize_url,
     raise_for_push,
+    run_git,
     split_credentials,
+    transport_error,
 )
 from autolab.protocol.push_spool import PushSpool, write_atomic
 from autolab.protocol.redact import redact
@@ -70,6 +74,24 @@ from autolab.protocol.store import (
 )
 
 _TRACK = "refs/remotes/origin/"
+# From this many live record refs on, a fetch over git:// speaks protocol v2 (see
+# ``_fetch_options``) and the cache's refs are kept packed.
+MANY_REFS = 500
+# Deleting refs with ``git push``: git's client (2.39) matches every refspec and every
+# lease against every ref the server advertises, six formatted names per match, so one
+# push costs (refs deleted) x (refs advertised): measured about 2.4 us per pair on a
+# loaded 2-core machine, so 1,000 deletions among 20,000 refs take ~50 s. A push
+# carries at most this many pairs (~10 s there), never more than ``_DELETE_MAX`` refs
+# or ``_ARGV_BYTES`` of arguments (the OS refuses argument lists of a few MB: E2BIG),
+# and one ``delete_refs`` call starts no new push after ``GIT_TIMEOUT`` seconds; the
+# rest waits for the next call.
+_DELETE_PAIRS = 4_000_000
+_DELETE_MAX = 1000
+_ARGV_BYTES = 128 * 1024
+# ``git update-ref --stdin`` transaction size for a lab on this filesystem.
+_LOCAL_DELETE_CHUNK = 2000
+
+
 class GitStore(LabStore):
     """A lab behind a Git URL: a filesystem path, ``file://``, ``git://``, ``ssh://``
     or ``https://``.
@@ -91,14 +113,13 @@ class GitStore(LabStore):
         self._lock = FileLock(str(self.path) + ".lock", poll_interval=0.005)
         self._stamp = Path(str(self.path) + ".fetched")
         self._seen_main = Path(str(self.path) + ".main")
+        self._ref_count = Path(str(self.path) + ".refs")  # record refs at the last fetch
+        self._packed_at = Path(str(self.path) + ".packed")
         self._spool = PushSpool(Path(str(self.path) + ".spool"), self._push, GIT_TIMEOUT,
                                 check=self._pushable)
         self._fold_lock = FileLock(str(self.path) + ".fold.lock")
         self._main_lock = FileLock(str(self.path) + ".main.lock", poll_interval=0.005)
         self._repo: pygit2.Repository | None = None
-        # Over git://, protocol v2's extra request/response turn stalls on TCP delayed
-        # ACKs (measured: ls-remote 50 ms with v2, 5 ms with v0 on loopback).
-        self._options = ("-c", "protocol.version=0") if self.url.startswith("git://") else ()
         # A lab on this filesystem is read in place (refs directly, objects through the
         # cache's alternates): no fetch at all. Pushes still go through git.
         local = self.url.removeprefix("file://")
@@ -149,10 +170,19 @@ class GitStore(LabStore):
 
     def _cache_broken(self) -> bool:
         """Confirm damage before discarding a shared cache: git's words alone could come
-        from the network or the server."""
-        proc = subprocess.run(["git", "--git-dir", str(self.path), "fsck", "--connectivity-only",
-                               "--no-dangling", "--no-progress"], capture_output=True,
-                              env=git_env(), timeout=GIT_TIMEOUT)
+        from the network or the server.
+
+        Raises:
+            GitTimeout: fsck did not finish in time (a hung disk?): nothing confirmed.
+        """
+        try:
+            proc = run_git(["--git-dir", str(self.path), "fsck", "--connectivity-only",
+                            "--no-dangling", "--no-progress"], env=git_env(),
+                           what=str(self.path))
+        except GitTimeout:
+            raise
+        except TransportError:
+            return False  # git could not even start: confirms nothing
         return proc.returncode != 0
 
     def _discard_cache(self) -> None:
@@ -189,7 +219,15 @@ class GitStore(LabStore):
             write_atomic(alternates, f"{objects}\n")
 
     def _git(self, *args: str, cwd: Path | None | str = "", check: bool = True,
-             timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess[str]:
+             timeout: float = GIT_TIMEOUT, input: str | None = None,
+             options: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+        """Run git on the cache clone (or in ``cwd``) for this lab, within ``timeout``.
+
+        Raises:
+            GitTimeout: it ran past ``timeout`` (killed with every process it started).
+            CacheDamaged: the cache clone (or ``cwd``) is gone.
+            TransportError: with ``check``, git failed (its last line, redacted).
+        """
         where = self.path if cwd == "" else cwd
         # Name the cache explicitly: git would otherwise search upwards from a damaged
         # (emptied) cache and could act on an enclosing repository.
@@ -197,19 +235,12 @@ class GitStore(LabStore):
         if scope and not (self.path / "objects").is_dir():
             raise CacheDamaged(f"cache clone {where} is gone")
         try:
-            proc = subprocess.run(
-                ["git", *scope, *self._options, *args], cwd=where,
-                env=git_env(self.url, self._userinfo),
-                # Ref names and paths git prints may hold any bytes: they come back as
-                # the same surrogate-escaped text pygit2 and argv use.
-                capture_output=True, text=True, errors="surrogateescape", timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            raise TransportError(
-                f"git {args[0]} timed out after {timeout:.0f}s on {redact(self.url)}"
-            ) from None
-        except (FileNotFoundError, NotADirectoryError):
-            raise CacheDamaged(f"cache clone {where} is gone") from None
+            proc = run_git([*scope, *options, *args], cwd=where, timeout=timeout, input=input,
+                           env=git_env(self.url, self._userinfo), what=self.url)
+        except GitNotStarted:
+            if where is not None and not Path(where).is_dir():
+                raise CacheDamaged(f"cache clone {where} is gone") from None
+            raise
         if check and proc.returncode != 0:
             raise TransportError(
                 f"git {args[0]} failed on {redact(self.url)}: {redact(last_line(proc.stderr))}"
@@ -222,7 +253,9 @@ class GitStore(LabStore):
         requested = time.time() if since is None else since
         repo = self.repo
         if self._remote is not None:
-            return self._checked(self._read_local_remote(time.time()))
+            snapshot = self._read_local_remote(time.time())
+            with self._lock:
+                return self._checked(snapshot)
         with self._lock:
             started = _read_stamp(self._stamp)
             if started is None or started < requested or not self.path.is_dir():
@@ -235,8 +268,45 @@ class GitStore(LabStore):
                     repo = self._rebuild()
                     snapshot = self._fetch_snapshot(repo, started)
                 self._stamp.write_text(repr(started))
+                self._after_fetch(len(snapshot.records))
                 return self._checked(snapshot)
             return self._checked(self._read_snapshot(repo, started))
+
+    def _after_fetch(self, records: int) -> None:
+        """Note how many record refs the lab has (it picks the fetch protocol), and keep
+        the cache's refs packed once they are many (lock held).
+
+        A fetch writes each new ref as a file; with thousands of them, every later fetch
+        and read opens thousands of files. ``git pack-refs`` folds them into one sorted
+        file, at most once a minute; failing to is harmless (it is only slower).
+        """
+        with contextlib.suppress(OSError):
+            if _read_stamp(self._ref_count) != records:
+                write_atomic(self._ref_count, repr(float(records)))
+        if records < MANY_REFS:
+            return
+        last = _read_stamp(self._packed_at)
+        if last is not None and 0 <= time.time() - last < 60:
+            return
+        with contextlib.suppress(TransportError, OSError):
+            self._git("pack-refs", "--all", "--prune", check=False)
+            self._packed_at.write_text(repr(time.time()))
+
+    def _fetch_options(self) -> tuple[str, ...]:
+        """``-c`` options for a fetch from this lab.
+
+        Over git:// on a fast network, protocol v2's extra request/response turn stalls
+        on TCP delayed ACKs (measured: ls-remote 50 ms with v2, 5 ms with v0 on
+        loopback), so small labs are fetched with v0. But v0 advertises every ref, and
+        the client then tells the server, 16 at a time, that it has each record commit
+        it already holds: with thousands of live record refs that is seconds of round
+        trips (20,000: about 17 s per fetch that brings anything). Past ``MANY_REFS``,
+        v2 (git's default elsewhere) sends those in few, growing batches.
+        """
+        if not self.url.startswith("git://"):
+            return ()
+        known = _read_stamp(self._ref_count) or 0
+        return ("-c", f"protocol.version={2 if known >= MANY_REFS else 0}")
 
     def _fetch_snapshot(self, repo: pygit2.Repository, started: float) -> Snapshot:
         if not self.path.is_dir():
@@ -256,23 +326,35 @@ class GitStore(LabStore):
         ``main`` only ever moves forward; a rewrite (a force-push) could drop rows
         and promotions, so it is reported instead of followed, until someone looks at
         it and runs ``autolab doctor --accept-rewrite``.
+
+        The host records the newest ``main`` seen (``<cache>.main``: the commit and the
+        time the read that saw it had finished). Checked and updated under the cache's
+        lock, so agents of the host agree on it, and it only ever moves forward. A
+        snapshot *older* than the record (an ancestor of it) is not a rewrite when its
+        read started before the recorded one finished: the two reads overlapped, and
+        ``main`` simply moved in between (agents reading a lab on this filesystem do so
+        without the lock). An ancestor read after that is ``main`` moved back: a rewrite.
         """
-        seen = self._seen_main.read_text().strip() if self._seen_main.exists() else ""
-        if not re.fullmatch(r"[0-9a-f]{40}", seen):
-            seen = ""  # unreadable record of the last main: start it again
-        if seen and seen != snapshot.main and not self.is_ancestor(seen, snapshot.main):
-            raise LabError(
-                f"main of {redact(self.url)} was rewritten: {snapshot.main[:12]} does not "
-                f"contain {seen[:12]}, the main seen before (force-push?); inspect it, then "
-                f"run `autolab doctor --accept-rewrite` to follow the new main"
-            )
-        if seen != snapshot.main:
-            write_atomic(self._seen_main, snapshot.main)
-        return snapshot
+        with self._lock:  # reentrant: refresh of a network lab already holds it
+            seen, seen_at = _read_seen(self._seen_main)
+            main = snapshot.main
+            if seen == main:
+                return snapshot
+            if not seen or self.is_ancestor(seen, main):
+                write_atomic(self._seen_main, f"{main} {time.time()!r}")
+                return snapshot
+            if snapshot.fetched_at <= seen_at and self.is_ancestor(main, seen):
+                return snapshot  # an older read that finished late: not a rewrite
+        raise LabError(
+            f"main of {redact(self.url)} was rewritten: {main[:12]} does not "
+            f"contain {seen[:12]}, the main seen before (force-push?); inspect it, then "
+            f"run `autolab doctor --accept-rewrite` to follow the new main"
+        )
 
     def accept_rewrite(self) -> str:
         """Follow the remote's current ``main`` even if it rewrote history."""
-        self._seen_main.unlink(missing_ok=True)
+        with self._lock:
+            self._seen_main.unlink(missing_ok=True)
         return self.refresh().main
 
     def _read_local_remote(self, started: float) -> Snapshot:
@@ -283,8 +365,7 @@ class GitStore(LabStore):
         try:
             # Records first, then main (as a fetch's advertisement lists them): a record
             # missing here was deleted after it was folded, so main read next has it.
-            records = {name: str(remote.references[name].target)
-                       for name in remote.references if name.startswith(RECORD_PREFIX)}
+            records = _refs_under(remote, RECORD_PREFIX, RECORD_PREFIX)
             main = remote.references.get(MAIN)
         except (pygit2.GitError, KeyError, OSError) as exc:
             raise TransportError(f"cannot read {redact(self.url)}: {exc}") from None
@@ -305,10 +386,8 @@ class GitStore(LabStore):
         return self._remote_repo
 
     def _fetch_state(self) -> None:
-        proc = self._git(
-            "fetch", "--prune", "--no-write-fetch-head", "--quiet", "--no-tags", "origin",
-            f"+{MAIN}:{_TRACK}main", f"+{RECORD_PREFIX}*:{_TRACK}autolab/*", check=False,
-        )
+        proc = self._fetch(f"+{MAIN}:{_TRACK}main", f"+{RECORD_PREFIX}*:{_TRACK}autolab/*",
+                           prune=True)
         if proc.returncode != 0:
             full = proc.stderr
             err = redact(first_error(full))
@@ -322,20 +401,50 @@ class GitStore(LabStore):
                                        "no such repository")):
                 raise LabError(f"{redact(self.url)}: no such lab ({err})")
             local = "\n".join(ln for ln in full.splitlines() if not ln.startswith("remote:"))
-            if any(s in local for s in LOCAL_DAMAGE) and self._cache_broken():
-                raise CacheDamaged(err)
-            raise TransportError(f"cannot fetch {redact(self.url)}: {err}")
+            if any(s in local for s in LOCAL_DAMAGE):
+                try:
+                    broken = self._cache_broken()
+                except GitTimeout as exc:
+                    raise GitTimeout(f"cannot fetch {redact(self.url)}: {err} (and checking "
+                                     f"the cache clone failed: {exc})") from None
+                if broken:
+                    raise CacheDamaged(err)
+            raise transport_error(f"cannot fetch {redact(self.url)}: {err}", full)
+
+    def _negotiation_tip(self) -> tuple[str, ...]:
+        """``--negotiation-tip`` naming the cache's copy of ``main``, if it has one.
+
+        Only main's history is worth telling the server about: record commits have no
+        parents and share nothing with what a fetch brings, so listing them as "have"s
+        (git's default: every local ref) is thousands of lines for nothing. Only the ref
+        is looked at, never its objects (libgit2 can loop forever on a truncated pack);
+        a fetch that fails with the option is tried again without it.
+        """
+        try:
+            if self.repo.references.get(f"{_TRACK}main") is not None:
+                return (f"--negotiation-tip={_TRACK}main",)
+        except (pygit2.GitError, ValueError, KeyError, OSError):
+            pass
+        return ()
+
+    def _fetch(self, *refspecs: str, prune: bool) -> subprocess.CompletedProcess[str]:
+        """``git fetch`` of ``refspecs`` from the lab into the cache (lock held)."""
+        tip = self._negotiation_tip()
+        for attempt in (tip, ()) if tip else ((),):
+            proc = self._git("fetch", *(("--prune",) if prune else ()), "--no-write-fetch-head",
+                             "--quiet", "--no-tags", *attempt, "origin", *refspecs,
+                             check=False, options=self._fetch_options())
+            damage = f"{_TRACK}main" in proc.stderr or any(
+                word in proc.stderr for word in LOCAL_DAMAGE)
+            if proc.returncode == 0 or not damage:
+                break  # only a damaged cache can make the tip itself the trouble
+        return proc
 
     def _read_snapshot(self, repo: pygit2.Repository, started: float) -> Snapshot:
         main = repo.references.get(f"{_TRACK}main")
         if main is None:
             raise LabError(f"{redact(self.url)} has no main branch: not a lab")
-        prefix = f"{_TRACK}autolab/"
-        records = {
-            RECORD_PREFIX + name[len(prefix):]: str(repo.references[name].target)
-            for name in repo.references
-            if name.startswith(prefix)
-        }
+        records = _refs_under(repo, f"{_TRACK}autolab/", RECORD_PREFIX)
         return Snapshot(main=str(main.target), records=records, fetched_at=started)
 
     def _tree(self, commit: str) -> pygit2.Tree:
@@ -393,9 +502,11 @@ class GitStore(LabStore):
         import io
         import tarfile
 
-        proc = subprocess.run(["git", "--git-dir", str(self.path), "archive", "--format=tar",
-                               commit], cwd=self.path, capture_output=True,
-                              timeout=GIT_TIMEOUT)
+        try:
+            proc = run_git(["--git-dir", str(self.path), "archive", "--format=tar", commit],
+                           cwd=self.path, text=False, env=git_env(), what=str(self.path))
+        except TransportError as exc:  # a local command: not worth retrying as transport
+            raise LabError(f"cannot export {commit[:12]}: {exc}") from None
         if proc.returncode != 0:
             raise TransportError(f"cannot export {commit[:12]}: {proc.stderr.decode()[-200:]}")
         with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as archive:
@@ -419,14 +530,15 @@ class GitStore(LabStore):
             index.read_tree(tree)
             index.write()
             try:
-                proc = subprocess.run(
-                    ["git", "--git-dir", str(self.path), "apply", "--cached",
-                     "--whitespace=nowarn", "-"],
-                    input=patch.encode(), capture_output=True, timeout=GIT_TIMEOUT,
-                    env={**git_env(), "GIT_INDEX_FILE": index_path},
+                proc = run_git(
+                    ["--git-dir", str(self.path), "apply", "--cached", "--whitespace=nowarn",
+                     "-"], input=patch.encode(), text=False,
+                    env={**git_env(), "GIT_INDEX_FILE": index_path}, what=str(self.path),
                 )
-            except subprocess.TimeoutExpired:
+            except GitTimeout:
                 raise PatchError("patch does not apply: git apply timed out") from None
+            except TransportError as exc:  # git could not be started at all
+                raise LabError(str(exc)) from None
             if proc.returncode != 0:
                 why = first_error(proc.stderr.decode(errors="replace"))
                 raise PatchError(f"patch does not apply: {why.removeprefix('error: ')}")
@@ -493,11 +605,13 @@ class GitStore(LabStore):
                 result[parts[1].split(":", 1)[1]] = (parts[0], parts[2])
         result = explain_rejections(result, proc.stderr)
         if proc.returncode != 0 and not result:
-            # Still a TransportError: the push spool and the fold answer those.
-            raise TransportError(
-                auth_failure(proc.stderr, self.url, self._userinfo)
-                or f"cannot push to {redact(self.url)}: {redact(last_line(proc.stderr))}"
-            )
+            refused = auth_failure(proc.stderr, self.url, self._userinfo)
+            if refused is not None:
+                # Still a TransportError: the push spool and the fold answer those.
+                raise TransportError(refused)
+            raise transport_error(
+                f"cannot push to {redact(self.url)}: {redact(last_line(proc.stderr))}",
+                proc.stderr)
         return result
 
     def _pushable(self, ref: str, commit: str, expected: str | None) -> str | None:
@@ -580,11 +694,73 @@ class GitStore(LabStore):
         self._spooled(ref, commit, expected)
 
     def delete_refs(self, refs: Mapping[str, str]) -> list[str]:
-        if not refs:
+        """Delete each ref that still holds its expected commit; return those deleted.
+
+        Any number of refs: a lab on this filesystem deletes them with ``git update-ref
+        --stdin`` (no argument list to overflow, linear cost); any other lab with
+        ``git push``es of bounded size, until ``GIT_TIMEOUT`` seconds have gone (see
+        ``_DELETE_PAIRS``). Refs not deleted by this call are simply still there.
+        """
+        wanted = {ref: old for ref, old in refs.items()
+                  if ref.startswith("refs/") and pygit2.reference_is_valid_name(ref)
+                  and OID.fullmatch(old)}  # names and ids from a remote: never trusted
+        if not wanted:
             return []
-        specs = [f"--force-with-lease={ref}:{old}" for ref, old in refs.items()]
-        status = self._push(*specs, *(f":{ref}" for ref in refs))
-        return [ref for ref in refs if status.get(ref, ("!", ""))[0] == "-"]
+        if self._remote is not None:
+            return self._delete_local(wanted)
+        return self._delete_pushed(wanted)
+
+    def _delete_local(self, refs: Mapping[str, str]) -> list[str]:
+        """Delete refs of a lab on this filesystem in ``update-ref`` transactions.
+
+        A transaction is all or nothing, and fails if any ref moved since it was read
+        (another reporter deleted it first): the chunk is then read again and retried
+        without the refs that moved, a few times at most.
+        """
+        remote = self._remote
+        assert remote is not None and self._local_path is not None
+        deleted: list[str] = []
+        items = list(refs.items())
+        deadline = time.monotonic() + GIT_TIMEOUT
+        for start in range(0, len(items), _LOCAL_DELETE_CHUNK):
+            if deleted and time.monotonic() > deadline:
+                break
+            chunk = items[start:start + _LOCAL_DELETE_CHUNK]
+            for _ in range(3):
+                live = [(ref, old) for ref, old in chunk if _target(remote, ref) == old]
+                if not live:
+                    break
+                try:
+                    proc = run_git(["--git-dir", self._local_path, "update-ref", "--stdin"],
+                                   input="".join(f"delete {ref} {old}\n" for ref, old in live),
+                                   env=git_env(), what=self.url)
+                except TransportError:
+                    if deleted:
+                        return deleted  # report what is done; the rest is still there
+                    raise
+                if proc.returncode == 0:
+                    deleted += [ref for ref, _ in live]
+                    break
+        return deleted
+
+    def _delete_pushed(self, refs: Mapping[str, str]) -> list[str]:
+        """Delete refs of a remote lab with pushes of bounded size and cost."""
+        advertised = int(_read_stamp(self._ref_count) or 0) + 1
+        per_push = max(32, min(_DELETE_MAX, _DELETE_PAIRS // advertised))
+        deleted: list[str] = []
+        deadline = time.monotonic() + GIT_TIMEOUT
+        for chunk in _chunks(list(refs.items()), per_push, _ARGV_BYTES):
+            if deleted and time.monotonic() > deadline:
+                break
+            specs = [f"--force-with-lease={ref}:{old}" for ref, old in chunk]
+            try:
+                status = self._push(*specs, *(f":{ref}" for ref, _ in chunk))
+            except TransportError:
+                if deleted:
+                    break  # report what is done; the rest is still there
+                raise
+            deleted += [ref for ref, _ in chunk if status.get(ref, ("!", ""))[0] == "-"]
+        return deleted
 
     def fetch_ref(self, ref: str) -> str | None:
         repo = self.repo
@@ -593,17 +769,16 @@ class GitStore(LabStore):
             return str(found.target) if found else None
         local = f"refs/autolab-fetched/{ref.removeprefix('refs/')}"
         with self._lock:  # fetches write refs of the shared cache
-            proc = self._git("fetch", "--no-write-fetch-head", "--quiet", "--no-tags",
-                             "origin", f"+{ref}:{local}", check=False)
+            proc = self._fetch(f"+{ref}:{local}", prune=False)
         if proc.returncode != 0:
             if "couldn't find remote ref" in proc.stderr:
                 return None
             refused = auth_failure(proc.stderr, self.url, self._userinfo)
             if refused is not None:
                 raise LabError(refused)
-            raise TransportError(
-                f"cannot fetch {ref} from {redact(self.url)}: {redact(last_line(proc.stderr))}"
-            )
+            raise transport_error(
+                f"cannot fetch {ref} from {redact(self.url)}: {redact(last_line(proc.stderr))}",
+                proc.stderr)
         found = repo.references.get(local)
         return str(found.target) if found else None
 
@@ -613,3 +788,71 @@ def _read_stamp(path: Path) -> float | None:
         return float(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def _target(repo: pygit2.Repository, ref: str) -> str | None:
+    """The commit ``ref`` holds in ``repo`` now (None if absent or unreadable)."""
+    try:
+        found = repo.references.get(ref)
+        return None if found is None else str(found.resolve().target)
+    except (KeyError, ValueError, pygit2.GitError):
+        return None
+
+
+def _chunks(items: list[tuple[str, str]], most: int, argv_bytes: int
+            ) -> list[list[tuple[str, str]]]:
+    """``(ref, old)`` pairs cut into runs of at most ``most`` pairs whose push arguments
+    (a lease and a deletion per ref) stay under ``argv_bytes``."""
+    out: list[list[tuple[str, str]]] = []
+    run: list[tuple[str, str]] = []
+    size = 0
+    for ref, old in items:
+        cost = 2 * len(ref) + len(old) + 24  # "--force-with-lease=R:O" and ":R", with NULs
+        if run and (len(run) >= most or size + cost > argv_bytes):
+            out.append(run)
+            run, size = [], 0
+        run.append((ref, old))
+        size += cost
+    if run:
+        out.append(run)
+    return out
+
+
+def _read_seen(path: Path) -> tuple[str, float]:
+    """The newest ``main`` this host saw and when the read that saw it had finished
+    (``("", 0.0)`` if unknown or unreadable: the record starts again)."""
+    try:
+        text = path.read_text()
+        mtime = path.stat().st_mtime
+    except OSError:
+        return "", 0.0
+    parts = text.split()
+    if not parts or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", parts[0]):
+        return "", 0.0
+    try:
+        return parts[0], float(parts[1])
+    except (IndexError, ValueError):
+        # Written by an older autolab (the commit alone): the file's time, with a margin
+        # for filesystems that keep whole seconds.
+        return parts[0], mtime + 2.0
+
+
+def _refs_under(repo: pygit2.Repository, prefix: str, rename: str) -> dict[str, str]:
+    """``{rename + rest: commit}`` for every ref ``prefix + rest`` of ``repo``.
+
+    One pass of the reference iterator: looking each name up again costs a second
+    read per ref, which at 20,000 refs is most of a refresh. A symbolic ref is read
+    as its target's commit (as a fetch would copy it); a dangling one is skipped.
+    """
+    out: dict[str, str] = {}
+    for ref in repo.references.iterator():
+        name = ref.name
+        if not name.startswith(prefix):
+            continue
+        if ref.type != pygit2.enums.ReferenceType.DIRECT:
+            try:
+                ref = ref.resolve()
+            except (KeyError, pygit2.GitError):
+                continue
+        out[rename + name[len(prefix):]] = str(ref.target)
+    return out

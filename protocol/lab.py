@@ -32,7 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from autolab.protocol.errors import Conflict, Contended, TransportError
+from autolab.protocol.errors import Conflict, Contended, GitTimeout, TransportError
 from autolab.protocol.reader import LabView, read_view
 from autolab.protocol.redact import redact
 from autolab.protocol.schemas import TABLES
@@ -146,11 +146,20 @@ class Lab:
         return self._last
 
     def retry_transport(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn``, retrying transport failures (server restarts) with backoff."""
+        """Run ``fn``, retrying transport failures (server restarts) with backoff.
+
+        Bounded: no new attempt starts after 60 s, so this returns or raises within
+        60 s plus one attempt (each git command of it at most ``$AUTOLAB_GIT_TIMEOUT``)
+        plus one pause (at most 4 s). A git command that timed out is not retried: the
+        server took the connection and then stalled for the whole timeout, so a stalled
+        server costs one timeout, not several.
+        """
         last: TransportError | None = None
         for _ in Backoff(attempts=8, base=0.25, cap=4.0, deadline=60).delays():
             try:
                 return fn()
+            except GitTimeout:
+                raise
             except TransportError as exc:
                 last = exc
         assert last is not None

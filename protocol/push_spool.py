@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from autolab.protocol.errors import TransportError
+from autolab.protocol.errors import GitTimeout, TransportError
 
 # push(*refspecs_and_leases) -> {ref: (porcelain flag, summary)}
 PushFn = Callable[..., dict[str, tuple[str, str]]]
@@ -59,7 +59,7 @@ class PushSpool:
             while not result.exists():
                 if time.monotonic() > deadline:
                     request.unlink(missing_ok=True)
-                    raise TransportError(f"push of {ref} timed out in the spool")
+                    raise GitTimeout(f"push of {ref} timed out in the spool")
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -32,8 +31,13 @@ def resolve_lab(lab: str | None) -> str:
     env = os.environ.get("AUTOLAB_LAB")
     if env:
         return env
-    proc = subprocess.run(["git", "config", "--get", "remote.origin.url"],
-                          capture_output=True, text=True)
+    from autolab.protocol.errors import AutoLabError, TransportError
+    from autolab.protocol.git_cli import run_git
+
+    try:
+        proc = run_git(["config", "--get", "remote.origin.url"], timeout=10)
+    except TransportError as exc:  # git missing, or stuck (a hung network filesystem)
+        raise AutoLabError(f"no lab given, and {exc}") from None
     if proc.returncode == 0 and proc.stdout.strip():
         return proc.stdout.strip()
     from autolab.protocol.errors import UsageError
