@@ -702,7 +702,7 @@ class GitStore(LabStore):
         ``_DELETE_PAIRS``). Refs not deleted by this call are simply still there.
         """
         wanted = {ref: old for ref, old in refs.items()
-                  if ref.startswith("refs/") and pygit2.reference_is_valid_name(ref)
+                  if ref.startswith("refs/") and _valid_ref_name(ref)
                   and OID.fullmatch(old)}  # names and ids from a remote: never trusted
         if not wanted:
             return []
@@ -856,3 +856,17 @@ def _refs_under(repo: pygit2.Repository, prefix: str, rename: str) -> dict[str, 
                 continue
         out[rename + name[len(prefix):]] = str(ref.target)
     return out
+
+
+_BAD_IN_REF = re.compile(rb"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|/\.|\.lock(/|$)|[/.]$")
+
+
+def _valid_ref_name(ref: str) -> bool:
+    """git's rules for a ref name (``git check-ref-format``), also for names holding
+    bytes that are not UTF-8 (surrogate-escaped, as git's output is read): those are
+    legal to git, and a quarantine must be able to delete them."""
+    try:
+        return pygit2.reference_is_valid_name(ref)
+    except UnicodeEncodeError:
+        raw = ref.encode("utf-8", "surrogateescape")
+        return raw.startswith(b"refs/") and not _BAD_IN_REF.search(raw)
