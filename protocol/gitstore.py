@@ -138,6 +138,10 @@ class GitStore(LabStore):
             self._repo = pygit2.Repository(str(self.path))
         return self._repo
 
+    def _ensure_repo(self) -> pygit2.Repository:
+        """The cache clone, created first if it does not exist yet."""
+        return self.repo
+
     def _ensure_cache(self) -> None:
         """Create the bare cache clone, or rebuild it if it is damaged (lock held)."""
         if self.path.exists():
@@ -745,6 +749,7 @@ class GitStore(LabStore):
 
     def _delete_pushed(self, refs: Mapping[str, str]) -> list[str]:
         """Delete refs of a remote lab with pushes of bounded size and cost."""
+        self._ensure_repo()  # pushes run in the cache clone
         advertised = int(_read_stamp(self._ref_count) or 0) + 1
         per_push = max(32, min(_DELETE_MAX, _DELETE_PAIRS // advertised))
         deleted: list[str] = []

@@ -43,3 +43,35 @@ def finish(lab: Lab, claim: tx.Claim, x: float, *, promote: bool = True) -> tx.P
                           harness_hash=main_harness_hash(lab))
     tx.submit(lab, score)
     return tx.promote(lab, claim.experiment_id) if promote else None
+
+
+def write_claim_records(bare, start: int, count: int) -> dict[str, str]:
+    """Write ``count`` valid claim records (experiments ``e<n>``, attempt 1, a lease of a
+    day) straight into the bare lab ``bare`` with ``git fast-import``, as thousands of
+    agents would have; return {ref: commit} of every record ref of the lab."""
+    import secrets
+    import subprocess
+    from datetime import UTC, datetime, timedelta
+
+    from autolab.protocol.shards import encode_record
+
+    if count > 0:
+        at = datetime.now(UTC)
+        row = {"event_id": "E" * 24, "agent": "bulk", "experiment_id": "EXPERIMENT",
+               "event": "claimed", "attempt": 1, "at": at, "lease_until": at + timedelta(days=1),
+               "backend": "local", "job_id": None, "seq": None}
+        template = encode_record("queue", [row]).decode()  # validated once, then varied
+        chunks = []
+        for n in range(start, start + count):
+            body = (template.replace("E" * 24, secrets.token_hex(12))
+                    .replace("EXPERIMENT", f"e{n:07d}").encode())
+            chunks.append(b"commit refs/autolab/claims/e%07d/1\n"
+                          b"committer bulk <bulk@localhost> 1700000000 +0000\ndata 6\nclaim\n"
+                          b"M 100644 inline .autolab/queue/000000000000-bulk-%016x.json\n"
+                          b"data %d\n" % (n, n, len(body)) + body + b"\n")
+        subprocess.run(["git", "fast-import", "--quiet"], cwd=bare, input=b"".join(chunks),
+                       check=True, capture_output=True)
+    listed = subprocess.run(["git", "for-each-ref", "--format=%(refname) %(objectname)",
+                             "refs/autolab/"], cwd=bare, check=True, capture_output=True,
+                            text=True).stdout
+    return dict(line.split(" ", 1) for line in listed.splitlines())
