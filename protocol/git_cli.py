@@ -226,10 +226,9 @@ def _ssh_command_configured(env: dict[str, str]) -> bool:
 def _core_ssh_command(key: tuple[tuple[str, str], ...]) -> bool:
     """Whether git's configuration outside any repository sets ``core.sshCommand``."""
     try:
-        proc = subprocess.run(["git", "config", "--get", "core.sshCommand"], cwd="/",
-                              env={**os.environ, **dict(key)}, capture_output=True,
-                              timeout=GIT_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired):
+        proc = run_git(["config", "--get", "core.sshCommand"], cwd="/",
+                       env={**os.environ, **dict(key)})
+    except TransportError:  # git could not start, or hung: no setting to honour
         return False
     return proc.returncode == 0 and bool(proc.stdout.strip())
 

@@ -325,7 +325,9 @@ def test_a_hung_git_apply_is_a_one_line_error(remote, tmp_path):
     proc, elapsed = _bounded_cli("propose", "--lab", remote.url, "--patch", str(patch),
                                  "--hypothesis", "X to 1.5", env=_fake_git(tmp_path, "apply"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert proc.stderr.strip() == "autolab: error: patch does not apply: git apply timed out"
+    line = proc.stderr.strip()
+    assert line.startswith("autolab: error: --patch ") and "\n" not in line, line
+    assert line.endswith("patch does not apply: git apply timed out"), line
     assert elapsed < 20
 
 
