@@ -13,10 +13,15 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autolab.agents.lab_init import init_lab
 from autolab.agents.swarm import Swarm
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from autolab.protocol.reader import LabView
 
 
 @dataclass
@@ -64,8 +69,12 @@ def _set_budget(seconds: float | None, timeout: float | None):  # noqa: ANN202
 
 def run_demo(*, workers: int = 2, minutes: float = 3.0, directory: Path | None = None,
              budget: float | None = None, template: str = "tiny-lm", depth: int | None = None,
-             live: bool = True) -> DemoReport:
-    """Create the lab, run the swarm for ``minutes``, and close the lab cleanly."""
+             live: bool = True, on_view: Callable[[LabView], None] | None = None
+             ) -> DemoReport:
+    """Create the lab, run the swarm for ``minutes``, and close the lab cleanly.
+
+    ``on_view`` (without ``live``) gets a fresh view of the lab every few seconds.
+    """
     from autolab.protocol import transactions as tx
     from autolab.protocol.lab import Lab
 
@@ -95,6 +104,8 @@ def run_demo(*, workers: int = 2, minutes: float = 3.0, directory: Path | None =
     def tick() -> None:
         if view_ctx is not None:
             view_ctx.update(render(lab.read(), start, minutes * 60))
+        elif on_view is not None:
+            on_view(lab.read())
 
     try:
         swarm.run(minutes * 60, tick=2.0, on_tick=tick)
