@@ -420,10 +420,11 @@ def test_contract_every_that_is_not_whole_minutes_is_refused(hub, tmp_path, git_
     minute ("*/1"); it is refused, as is any --every that is not whole minutes."""
     remote = _lab(tmp_path, git_daemon)
     for every in ("90s", "30s", "2.5m", "7m", "@often"):
-        proc = run_cli("schedule", "create", "--lab", remote.url, "--role", "worker",
-                       "--every", every, "--namespace", USER, "--image", IMAGE,
-                       env=_env(hub))
-        assert proc.returncode == 2, (every, proc.stdout, proc.stderr)
-        assert proc.stderr.startswith("autolab: error: --every")
+        for verb in ([], ["create"]):  # the first spelling, and the new one
+            proc = run_cli("schedule", *verb, "--lab", remote.url, "--role", "worker",
+                           "--every", every, "--namespace", USER, "--image", IMAGE,
+                           env=_env(hub))
+            assert proc.returncode == 2, (every, proc.stdout, proc.stderr)
+            assert proc.stderr.startswith("autolab: error: --every")
     assert list(HfApi(endpoint=hub.endpoint, token=TOKEN).list_scheduled_jobs(
         namespace=USER)) == []
