@@ -428,3 +428,21 @@ def test_contract_every_that_is_not_whole_minutes_is_refused(hub, tmp_path, git_
             assert proc.stderr.startswith("autolab: error: --every")
     assert list(HfApi(endpoint=hub.endpoint, token=TOKEN).list_scheduled_jobs(
         namespace=USER)) == []
+
+
+def test_contract_an_hf_jobs_worker_prints_its_launches_as_json_lines(hub, tmp_path, git_daemon):
+    remote = _lab(tmp_path, git_daemon)
+    eid = _propose(Lab.open(remote.url, "planner"), 2.5)
+    proc = _launch(remote.url, hub, "--json", "--job-timeout", "20m")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["started", "launched", "done"]
+    assert events[0]["backend"] == "hf-jobs" and events[0]["job_timeout_s"] == 1200
+    job = _only_job(hub, HfApi(endpoint=hub.endpoint, token=TOKEN), eid, 1)
+    assert events[1]["experiment_id"] == eid and events[1]["job_id"] == f"{USER}/{job.id}"
+    [body] = [r.body for r in hub.requests if r.method == "POST" and r.path == f"/api/jobs/{USER}"]
+    assert body["timeoutSeconds"] == 1200
+    assert hub.wait_job(job.id, timeout=120) == "COMPLETED"
+    idle = _launch(remote.url, hub, "--json")
+    assert idle.returncode == 3
+    assert json.loads(idle.stdout.splitlines()[-1])["event"] == "nothing_to_do"
