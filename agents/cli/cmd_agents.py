@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -75,10 +76,9 @@ def lifetime(log: AgentLog, stopped: str = "stopped", **fields: Any) -> Iterator
     from autolab.protocol.errors import AutoLabError
     from autolab.protocol.redact import redact
 
-    mode = "once" if fields.pop("once", False) else "loop" if fields.pop("loop", False) else (
-        "until idle")
-    fields.pop("loop", None)
-    log.event("started", f"started ({mode})", pid=_pid(), mode=mode, **fields)
+    once, loop = fields.pop("once", False), fields.pop("loop", False)
+    mode = "once" if once else "loop" if loop else "until idle"
+    log.event("started", f"started ({mode})", pid=os.getpid(), mode=mode, **fields)
     try:
         yield
     except (Stopped, KeyboardInterrupt):
@@ -90,18 +90,12 @@ def lifetime(log: AgentLog, stopped: str = "stopped", **fields: Any) -> Iterator
             log.event(name, redact(str(exc)), level=ERROR if name == "error" else INFO,
                       exit_code=exc.exit_code)
         raise
-    except Exception as exc:
+    except Exception as exc:  # a Hub client's error: main() prints it as one line too
         if log.json_lines:
-            log.event("error", redact(str(exc).splitlines()[0] if str(exc) else
-                                      type(exc).__name__), level=ERROR, exit_code=1)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.event("error", redact(first), level=ERROR, exit_code=1)
         raise
     log.event("done", "done")
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _rounds(once: bool, loop: bool, interval: float, body: Callable[[], None]) -> None:
@@ -188,9 +182,9 @@ def worker(
     _stop_on_sigterm()
     from autolab.agents.backends import sandbox
 
-    sandbox.mode()  # fails now, not at the first run, if namespaces are required
     with lifetime(log, once=once, loop=loop, backend=backend.value, lab=the_lab.store.url,
                   log_dir=str(logs), interval_s=interval):
+        sandbox.mode()  # fails now, not at the first run, if namespaces are required
         emit(log, "sandbox", sandbox.describe())
         work.recover()
         if once:
@@ -269,7 +263,7 @@ def swarm(
     log = agent_log("swarm", None, as_json, quiet, verbose)
     crew = Swarm(resolve_lab(lab), workers=workers, depth=depth, log_dir=log_dir)
     log.event("started", f"{workers} worker(s), planner and reporter for "
-              f"{format_duration(duration_)}; logs in {log_dir}/", pid=_pid(), workers=workers,
+              f"{format_duration(duration_)}; logs in {log_dir}/", pid=os.getpid(), workers=workers,
               depth=depth, duration_s=duration_, log_dir=str(log_dir))
     try:
         crew.run(duration_, tick=1.0)

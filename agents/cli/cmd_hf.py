@@ -30,7 +30,6 @@ class Role(StrEnum):
     reporter = "reporter"
 
 
-ROLES = tuple(r.value for r in Role)
 FlavorOpt = Annotated[str | None, typer.Option(
     help="Jobs hardware flavor, e.g. cpu-basic, l4x1, a100-large, h200 (default: "
     "[hf_jobs].flavor, else cpu-basic).", show_default=False)]
@@ -39,10 +38,6 @@ ImageOpt = Annotated[str | None, typer.Option(help="Docker image with autolab in
 NamespaceOpt = Annotated[str | None, typer.Option(help="User or org that runs the jobs "
                                                   "(default: the token's user).",
                                                   show_default=False)]
-JobTimeoutOpt = Annotated[float | None, typer.Option(
-    "--job-timeout", parser=lambda text: _job_timeout(text), metavar="DURATION",
-    help=f"Job timeout ({DURATION_HELP}; default: [hf_jobs].timeout, else the run timeout "
-    "+ 10m).", show_default=False)]
 
 
 def _job_timeout(text: str) -> float:
@@ -51,6 +46,12 @@ def _job_timeout(text: str) -> float:
     if seconds < 1:
         raise typer.BadParameter(f"{text!r}: a job needs at least 1s")
     return seconds
+
+
+JobTimeoutOpt = Annotated[float | None, typer.Option(
+    "--job-timeout", parser=_job_timeout, metavar="DURATION",
+    help=f"Job timeout ({DURATION_HELP}; default: [hf_jobs].timeout, else the run timeout "
+    "+ 10m).", show_default=False)]
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str] | None:

@@ -25,7 +25,7 @@ def _template(text: str) -> str:
 def init(
     path: Annotated[Path, typer.Argument(help="Where to create the lab.")],
     template: Annotated[str, typer.Option(
-        parser=lambda text: _template(text), metavar=f"<{'|'.join(TEMPLATES)}|DIR>",
+        parser=_template, metavar=f"<{'|'.join(TEMPLATES)}|DIR>",
         help=f"A shipped template ({', '.join(TEMPLATES)}) or a directory holding an "
         "autolab.toml; any other value is a usage error.")] = "tiny-lm",
     bare: Annotated[bool, typer.Option("--bare", help="Create a bare repository to use as "
