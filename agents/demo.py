@@ -3,6 +3,9 @@
 Creates a bare repository as the lab's remote, runs a planner, workers and a reporter
 against it for a few minutes with a live view, then prints the leaderboard, the
 promotions, the gap to the entropy floor, and the commands to look inside.
+
+The demo writes where it is told: a directory that is not empty is refused, unless
+it holds an earlier demo's lab and ``reuse`` asks to continue that lab.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 from autolab.agents.lab_init import init_lab
 from autolab.agents.swarm import Swarm
+from autolab.protocol.errors import AutoLabError
+
+DEFAULT_DIR = Path("autolab-demo")
+LAB_NAME = "lab.git"  # the demo lab's bare repository, inside the demo directory
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,13 +51,28 @@ class DemoReport:
         return sum(c["overhead_s"] for c in self.cycles) / total if total else None
 
 
-def fresh_dir(base: Path) -> Path:
-    """``base``, or ``base-2``, ``base-3``... whichever does not exist yet."""
-    candidate, n = base, 1
-    while candidate.exists() and any(candidate.iterdir()):
-        n += 1
-        candidate = base.with_name(f"{base.name}-{n}")
-    return candidate
+def demo_dir(directory: Path, *, reuse: bool = False) -> Path:
+    """The demo's directory, absolute: new, empty, or (``reuse``) an earlier demo's.
+
+    Raises:
+        AutoLabError: (exit code 2) ``directory`` is a file; is not empty and ``reuse``
+            was not asked for; or ``reuse`` was asked for and it holds no demo lab.
+    """
+    root = directory.resolve()
+    problem = None
+    if root.exists() and not root.is_dir():
+        problem = f"demo directory {root} is not a directory"
+    elif root.is_dir() and any(root.iterdir()):
+        if not reuse:
+            problem = (f"demo directory {root} is not empty: remove it, choose another "
+                       f"--dir, or pass --reuse to continue the demo lab in it")
+        elif not (root / LAB_NAME / "HEAD").is_file():
+            problem = f"--reuse: {root} holds no demo lab ({root / LAB_NAME} is missing)"
+    if problem:
+        err = AutoLabError(problem)
+        err.exit_code = 2
+        raise err
+    return root
 
 
 def _set_budget(seconds: float | None, timeout: float | None):  # noqa: ANN202
@@ -69,20 +91,32 @@ def _set_budget(seconds: float | None, timeout: float | None):  # noqa: ANN202
 
 def run_demo(*, workers: int = 2, minutes: float = 3.0, directory: Path | None = None,
              budget: float | None = None, template: str = "tiny-lm", depth: int | None = None,
-             live: bool = True, on_view: Callable[[LabView], None] | None = None
-             ) -> DemoReport:
-    """Create the lab, run the swarm for ``minutes``, and close the lab cleanly.
+             live: bool = True, reuse: bool = False,
+             on_view: Callable[[LabView], None] | None = None) -> DemoReport:
+    """Create the lab (or, with ``reuse``, take up the one an earlier demo left in
+    ``directory``), run the swarm for ``minutes``, and close the lab cleanly.
 
     ``on_view`` (without ``live``) gets a fresh view of the lab every few seconds.
+
+    Raises:
+        AutoLabError: the directory is refused (see :func:`demo_dir`); ``budget`` was
+            given with ``reuse`` (the lab keeps its own settings).
+        AgentDied: an agent exited on its own; the others were stopped.
     """
     from autolab.protocol import transactions as tx
     from autolab.protocol.lab import Lab
 
-    root = fresh_dir((directory or Path("autolab-demo")).resolve())
-    root.mkdir(parents=True, exist_ok=True)
-    lab_path = root / "lab.git"
-    timeout = None if budget is None else max(30.0, budget * 4 + 20)
-    init_lab(lab_path, template, bare=True, edit=_set_budget(budget, timeout))
+    root = demo_dir(directory or DEFAULT_DIR, reuse=reuse)
+    lab_path = root / LAB_NAME
+    if not (lab_path / "HEAD").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        timeout = None if budget is None else max(30.0, budget * 4 + 20)
+        init_lab(lab_path, template, bare=True, edit=_set_budget(budget, timeout))
+    elif budget is not None:
+        err = AutoLabError(f"--budget sets up a new demo lab; {lab_path} keeps its own "
+                           f"(edit its autolab.toml, or use a new --dir)")
+        err.exit_code = 2
+        raise err
     env = {"AUTOLAB_CACHE": str(root / "cache"), "AUTOLAB_DATA_DIR": str(root / "data"),
            "TRACKIO_DIR": str(root / "trackio"),
            "AUTOLAB_STATS": str(root / "cycles.jsonl")}

@@ -3,7 +3,9 @@
 Each agent is a separate ``autolab`` process (exactly what one would start by hand or
 from cron); the swarm only starts them, forwards their output to per-agent log files,
 and stops them cleanly: SIGTERM first (a worker releases its claim and kills its
-run), SIGKILL if one lingers.
+run), SIGKILL if one lingers. Every agent runs until the swarm stops it, so one that
+exits before (a crash, a bad setting, the OOM killer) stops the swarm with
+:class:`AgentDied`: its name, exit code and the last lines of its log.
 """
 
 from __future__ import annotations
@@ -14,8 +16,57 @@ import socket
 import subprocess
 import sys
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from autolab.protocol.errors import AutoLabError
+
+TAIL_LINES = 10  # lines of a dead agent's log shown
+_TAIL_BYTES = 64 * 1024  # read from the end of the log to find them
+_LINE_CHARS = 300
+
+
+class AgentDied(AutoLabError):
+    """An agent exited on its own while the swarm was running (exit code 1).
+
+    Attributes:
+        exits: agent name -> its exit code (negative: the signal that killed it).
+    """
+
+    def __init__(self, message: str, exits: dict[str, int]) -> None:
+        super().__init__(message)
+        self.exits = exits
+
+
+def describe_exit(code: int) -> str:
+    """``exited with code 1``; ``killed by SIGKILL`` for a negative return code."""
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
+    """The last ``lines`` non-blank lines of ``path``, printable: the log holds what the
+    agent printed, hypotheses and run output included, so control characters (terminal
+    escapes) are shown escaped and long lines are cut."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - _TAIL_BYTES))
+            text = fh.read().decode(errors="replace")
+    except OSError as exc:
+        return [f"(cannot read {path}: {exc.strerror})"]
+    kept = [ln for ln in text.splitlines() if ln.strip()][-lines:]
+    return [_printable(ln)[:_LINE_CHARS] for ln in kept]
+
+
+def _printable(line: str) -> str:
+    return "".join(c if c == "\t" or unicodedata.category(c)[0] != "C"
+                   else repr(c)[1:-1] for c in line)
 
 
 @dataclass
@@ -73,6 +124,25 @@ class Swarm:
     def alive(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.poll() is None]
 
+    def check(self) -> None:
+        """Raise :class:`AgentDied` if an agent has exited (it should be running).
+
+        Raises:
+            AgentDied: naming every agent that exited, with its exit code and the last
+                lines of its log.
+        """
+        exits = {name: proc.returncode for name, proc in self.procs.items()
+                 if proc.poll() is not None}
+        if not exits:
+            return
+        blocks = []
+        for name, code in exits.items():
+            log = self.log_dir / f"{name}.log"
+            tail = "\n".join(f"  | {line}" for line in log_tail(log)) or "  (empty)"
+            blocks.append(f"agent {name} {describe_exit(code)} while the swarm was running; "
+                          f"last lines of {log}:\n{tail}")
+        raise AgentDied("\n".join(blocks), exits)
+
     def stop(self, grace: float = 20.0) -> dict[str, int | None]:
         """SIGTERM every agent, wait up to ``grace`` seconds, then SIGKILL."""
         for proc in self.procs.values():
@@ -88,14 +158,20 @@ class Swarm:
         return {name: proc.returncode for name, proc in self.procs.items()}
 
     def run(self, duration: float, tick: float = 1.0, on_tick=None) -> None:  # noqa: ANN001
-        """Start, call ``on_tick()`` every ``tick`` seconds for ``duration``, stop."""
+        """Start, call ``on_tick()`` every ``tick`` seconds for ``duration``, stop.
+
+        Raises:
+            AgentDied: an agent exited before the end; the others are stopped first.
+        """
         self.start()
         end = time.monotonic() + duration
         try:
             while time.monotonic() < end:
+                self.check()
                 if on_tick is not None:
                     on_tick()
                 time.sleep(min(tick, max(0.0, end - time.monotonic())))
+            self.check()  # one that died in the last tick died before it was stopped
         finally:
             self.stop()
 

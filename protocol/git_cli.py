@@ -7,8 +7,10 @@ tell a lost race, a broken transport and a damaged local clone apart.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import subprocess
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -53,9 +55,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autolab"
 
 
+def is_scp_like(url: str) -> bool:
+    """``[user@]host:path``, git's short form of an SSH URL: a colon with no slash
+    before it (git's own rule; ``./a:b`` is a path)."""
+    head, colon, _ = url.partition(":")
+    return bool(colon) and bool(head) and "/" not in head and "://" not in url
+
+
+def is_ssh_url(url: str) -> bool:
+    return url.startswith(("ssh://", "git+ssh://", "ssh+git://")) or is_scp_like(url)
+
+
 def normalize_url(url: str) -> str:
     """Absolute path for local labs, the URL unchanged otherwise."""
-    if "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url):
+    if "://" in url or is_scp_like(url):
         return url
     return str(Path(url).expanduser().resolve())
 
@@ -67,10 +80,13 @@ def split_credentials(url: str) -> tuple[str, str | None]:
     store keeps the bare URL (in its cache clone's config, its messages, the URLs it
     hands to jobs) and gives the credentials to git through its environment.
     """
-    match = re.match(r"^(https?://)([^/@]+)@(.*)$", url)
-    if match is None:
+    match = re.match(r"^(https?://)([^/]*)(.*)$", url)
+    if match is None or "@" not in match[2]:
         return url, None
-    return match[1] + match[3], match[2]
+    # Up to the authority's last "@": a password holding an unencoded "@" must not
+    # leave a piece of itself in the URL that is kept and shown.
+    userinfo, _, host = match[2].rpartition("@")
+    return match[1] + host + match[3], userinfo
 
 
 def git_env(url: str = "", userinfo: str | None = None) -> dict[str, str]:
@@ -78,9 +94,50 @@ def git_env(url: str = "", userinfo: str | None = None) -> dict[str, str]:
     credentials (``userinfo`` from the lab URL, else a token from the environment)."""
     env = dict(os.environ)
     env.update(GIT_TERMINAL_PROMPT="0", LC_ALL="C", LANG="C", GIT_ASKPASS="true")
-    env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+    if is_ssh_url(url) and not _ssh_command_configured(env):
+        # Never a passphrase or host-key prompt that would stall an agent; an ssh command
+        # the user gave git (GIT_SSH_COMMAND, GIT_SSH, core.sshCommand) is kept as is.
+        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
     env.update(_token_auth(url, userinfo))
     return env
+
+
+def _ssh_command_configured(env: dict[str, str]) -> bool:
+    if env.get("GIT_SSH_COMMAND") or env.get("GIT_SSH"):
+        return True
+    # core.sshCommand from the user's git config (a setting in the environment would
+    # override it). What git reads depends on these variables only.
+    key = tuple(sorted((k, v) for k, v in env.items()
+                       if k.startswith("GIT_CONFIG") or k in ("HOME", "XDG_CONFIG_HOME")))
+    return _core_ssh_command(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _core_ssh_command(key: tuple[tuple[str, str], ...]) -> bool:
+    """Whether git's configuration outside any repository sets ``core.sshCommand``."""
+    try:
+        proc = subprocess.run(["git", "config", "--get", "core.sshCommand"], cwd="/",
+                              env={**os.environ, **dict(key)}, capture_output=True,
+                              timeout=GIT_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def credential_source(url: str, userinfo: str | None = None) -> str | None:
+    """What credential autolab hands git for ``url`` (named for messages: never its
+    value), or None when git gets none from autolab."""
+    if not url.startswith(("https://", "http://")) or re.match(r"https?://[^/@]+@", url):
+        return None
+    if userinfo is not None:
+        return "the user:token in the lab URL"
+    if not url.startswith("https://"):
+        return None
+    if os.environ.get("AUTOLAB_GIT_TOKEN"):
+        return "AUTOLAB_GIT_TOKEN"
+    if re.match(r"https://(www\.)?huggingface\.co/", url) and os.environ.get("HF_TOKEN"):
+        return "HF_TOKEN"
+    return None
 
 
 def _token_auth(url: str, userinfo: str | None = None) -> dict[str, str]:
@@ -88,28 +145,84 @@ def _token_auth(url: str, userinfo: str | None = None) -> dict[str, str]:
     ``user:password``, else ``$AUTOLAB_GIT_TOKEN`` (or ``$HF_TOKEN`` for the Hub). A
     credential never has to be written into a lab URL, where it would show up in job
     specs and process lists."""
-    if not url.startswith(("https://", "http://")) or re.match(r"https?://[^/@]+@", url):
+    source = credential_source(url, userinfo)
+    if source is None:
         return {}
     if userinfo is not None:
         user, _, password = (unquote(part) for part in userinfo.partition(":"))
         basic_of = f"{user}:{password}"
     else:
-        token = os.environ.get("AUTOLAB_GIT_TOKEN")
-        if not token and re.match(r"https://(www\.)?huggingface\.co/", url):
-            token = os.environ.get("HF_TOKEN")
-        if not token or not url.startswith("https://"):
-            return {}
-        basic_of = f"autolab:{token}"
+        basic_of = f"autolab:{os.environ[source]}"
     import base64
 
     host = re.match(r"https?://[^/]+/", url + "/")
     assert host is not None
     basic = base64.b64encode(basic_of.encode()).decode()
     count = int(os.environ.get("GIT_CONFIG_COUNT", "0") or 0)
-    # Scoped to the lab's host: the credential is never sent anywhere else.
-    return {"GIT_CONFIG_COUNT": str(count + 1),
+    # Scoped to the lab's host: the credential is never sent anywhere else. git would
+    # send an extra header on to wherever an initial redirect leads (the requests after
+    # the redirect carry it), so with a credential redirects are not followed at all.
+    return {"GIT_CONFIG_COUNT": str(count + 2),
             f"GIT_CONFIG_KEY_{count}": f"http.{host.group(0)}.extraHeader",
-            f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {basic}"}
+            f"GIT_CONFIG_VALUE_{count}": f"Authorization: Basic {basic}",
+            f"GIT_CONFIG_KEY_{count + 1}": f"http.{host.group(0)}.followRedirects",
+            f"GIT_CONFIG_VALUE_{count + 1}": "false"}
+
+
+# What git (and ssh under it) says when the host wants credentials it did not get,
+# refuses the ones it got, or cannot be authenticated itself.
+_HTTP_AUTH = ("Authentication failed for", "could not read Username",
+              "could not read Password", "returned error: 401", "returned error: 403")
+_HTTP_REDIRECT = re.compile(r"returned error: 30[1278]\b")
+# curl built with GnuTLS (Debian's git) or with OpenSSL.
+_TLS_UNTRUSTED = re.compile(r"server certificate verification failed|SSL certificate problem: "
+                            r"[^\n']*|certificate verify failed|no alternative certificate "
+                            r"subject name matches[^\n']*")
+_SSH_AUTH = re.compile(r"^(.*Permission denied \(.*\)\.?|Host key verification failed\.?)$",
+                       re.MULTILINE)
+
+
+def auth_failure(stderr: str, url: str, userinfo: str | None = None) -> str | None:
+    """A one-line message saying what to set, when ``stderr`` of a failed git command
+    against ``url`` is an authentication failure of either side (credentials refused
+    or missing, an ssh host key or TLS certificate not trusted) or a redirect autolab
+    refused to follow with a credential; None otherwise. None of these is worth a
+    retry. The message names no credential value.
+    """
+    shown = redact(url)
+    if url.startswith(("https://", "http://")):
+        untrusted = _TLS_UNTRUSTED.search(stderr)
+        if untrusted is not None:
+            return (f"{shown}: git does not trust the host's TLS certificate "
+                    f"({untrusted[0].rstrip('.')}): for a host with a private CA, set "
+                    f"GIT_SSL_CAINFO to the CA's certificate file")
+        source = credential_source(url, userinfo)
+        if source is not None and _HTTP_REDIRECT.search(stderr):
+            return (f"{shown} answers with a redirect; autolab sends {source} to the lab's "
+                    f"own URL only and does not follow redirects: use the repository's "
+                    f"current clone URL (ending in .git)")
+        if not any(word in stderr for word in _HTTP_AUTH):
+            return None
+        if source is not None:
+            return (f"{shown}: the host refused the credentials from {source} (status "
+                    f"401/403): check that the token is valid and may read and push "
+                    f"this repository")
+        if url.startswith("http://") and os.environ.get("AUTOLAB_GIT_TOKEN"):
+            return (f"{shown}: the host asks for credentials, and AUTOLAB_GIT_TOKEN is "
+                    f"only sent over https://: use the https:// URL")
+        return (f"{shown}: the host asks for credentials: set AUTOLAB_GIT_TOKEN to a "
+                f"token that may read and push this repository")
+    if url.startswith(("/", "file://", "git://")):
+        return None
+    match = _SSH_AUTH.search(stderr)
+    if match is None:
+        return None
+    said = redact(match[1].strip()).rstrip(".")
+    if "Host key verification failed" in said:
+        return (f"{shown}: {said} (ssh does not know this host's key): add it to "
+                f"~/.ssh/known_hosts (ssh-keyscan), or set GIT_SSH_COMMAND")
+    return (f"{shown}: ssh refused: {said}: give ssh a key the host accepts (ssh-agent, "
+            f"~/.ssh/config, or GIT_SSH_COMMAND='ssh -i KEY')")
 
 
 def explain_rejections(status: dict[str, tuple[str, str]], stderr: str

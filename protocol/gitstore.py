@@ -48,6 +48,7 @@ from autolab.protocol.git_cli import (
     LOCAL_DAMAGE,
     OID,
     CacheDamaged,
+    auth_failure,
     cache_root,
     explain_rejections,
     first_error,
@@ -311,6 +312,9 @@ class GitStore(LabStore):
         if proc.returncode != 0:
             full = proc.stderr
             err = redact(first_error(full))
+            refused = auth_failure(full, self.url, self._userinfo)
+            if refused is not None:
+                raise LabError(refused)  # not worth retrying: nothing changes by itself
             if "couldn't find remote ref" in full:
                 raise LabError(f"{redact(self.url)} has no main branch: not a lab")
             if any(s in full for s in ("does not appear to be a git repository",
@@ -489,8 +493,10 @@ class GitStore(LabStore):
                 result[parts[1].split(":", 1)[1]] = (parts[0], parts[2])
         result = explain_rejections(result, proc.stderr)
         if proc.returncode != 0 and not result:
+            # Still a TransportError: the push spool and the fold answer those.
             raise TransportError(
-                f"cannot push to {redact(self.url)}: {redact(last_line(proc.stderr))}"
+                auth_failure(proc.stderr, self.url, self._userinfo)
+                or f"cannot push to {redact(self.url)}: {redact(last_line(proc.stderr))}"
             )
         return result
 
@@ -592,6 +598,9 @@ class GitStore(LabStore):
         if proc.returncode != 0:
             if "couldn't find remote ref" in proc.stderr:
                 return None
+            refused = auth_failure(proc.stderr, self.url, self._userinfo)
+            if refused is not None:
+                raise LabError(refused)
             raise TransportError(
                 f"cannot fetch {ref} from {redact(self.url)}: {redact(last_line(proc.stderr))}"
             )

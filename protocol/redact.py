@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import re
 
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<cred>[^/@\s]+)@")
+# Up to the authority's last "@" (a password may hold an unencoded one).
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<cred>[^/\s]+)@")
 # Token formats of the hosts labs live on: Hugging Face, GitHub, GitLab.
 _TOKEN_LIKE = re.compile(r"\b(?P<kind>hf_|ghp_|gho_|ghs_|ghu_|github_pat_|glpat-)"
                          r"[A-Za-z0-9_-]{8,}")

@@ -18,7 +18,32 @@ import pytest
 
 from autolab.agents.lab_init import init_lab
 
+# Smart HTTPS and SSH remotes (servers and their session fixtures: tests/transports.py).
+from .transports import (
+    SERVED,
+    https_git_server,  # noqa: F401 - a fixture
+    served_remote_for_test,
+    ssh_git_server,  # noqa: F401 - a fixture
+)
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``$AUTOLAB_TEST_INSTALLED`` (a site-packages directory; ``.ci/run`` sets it),
+    the tests must exercise the copy of autolab installed there, not the checkout."""
+    site = os.environ.get("AUTOLAB_TEST_INSTALLED")
+    if not site:
+        return
+    import autolab
+    import autolab.agents.cli.app
+    import autolab.protocol
+
+    where = Path(site).resolve()
+    for module in (autolab, autolab.protocol, autolab.agents.cli.app):
+        path = Path(module.__file__ or "").resolve()
+        if where not in path.parents:
+            raise pytest.UsageError(f"{module.__name__} comes from {path}, not from {where}")
 
 
 def free_port() -> int:
@@ -131,11 +156,21 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path, git_daemon: GitDaemon
     yield from _remote_for_test(request.param, tmp_path, git_daemon)
 
 
-@pytest.fixture(params=["path", "file", "daemon"])
+@pytest.fixture(params=["path", "file", "daemon", *SERVED])
 def any_remote(request: pytest.FixtureRequest, tmp_path: Path, git_daemon: GitDaemon
                ) -> Iterator[Remote]:
-    """Like ``remote``, plus ``file://`` URLs (for the store conformance suite)."""
-    yield from _remote_for_test(request.param, tmp_path, git_daemon)
+    """Like ``remote``, plus ``file://``, smart HTTPS and SSH URLs (for the store
+    conformance suite)."""
+    if request.param in SERVED:
+        yield from served_remote_for_test(request, tmp_path, Remote)
+    else:
+        yield from _remote_for_test(request.param, tmp_path, git_daemon)
+
+
+@pytest.fixture(params=SERVED)
+def served_remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Remote]:
+    """A fresh ``blank`` lab over smart HTTPS (token required) and over SSH."""
+    yield from served_remote_for_test(request, tmp_path, Remote)
 
 
 @pytest.fixture

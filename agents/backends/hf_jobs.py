@@ -182,8 +182,8 @@ def check_runnable(settings: JobSettings) -> None:
     if settings.image == DEFAULT_IMAGE and not settings.install:
         raise AutoLabError(
             "hf_jobs: the default image has no autolab; set [hf_jobs].install (e.g. "
-            "\"pip install 'autolab @ git+https://github.com/<org>/autolab'\") or --image "
-            "to an image with autolab installed")
+            "\"pip install 'autolab[train] @ git+https://github.com/<org>/autolab'\" for "
+            "runs that train with torch) or --image to an image with autolab installed")
 
 
 def job_command(settings: JobSettings, lab_url: str, experiment_id: str,

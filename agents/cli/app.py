@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 import typer.main
@@ -32,6 +33,23 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from autolab import __version__
+
+        print(f"autolab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Options of ``autolab`` itself (before the command)."""
 
 
 def _register() -> None:
@@ -112,6 +130,7 @@ def _usage_line(exc: Exception) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, turning AutoLabError and click's usage errors into a
     one-line message on stderr."""
+    from autolab.agents.stopping import Stopped
     from autolab.protocol.errors import AutoLabError
 
     _register()
@@ -137,6 +156,10 @@ def main(argv: list[str] | None = None) -> None:
         if done.code is not None and not isinstance(done.code, int):
             print(done.code, file=sys.stderr)
         _exit(code)
+    except Stopped:
+        # A stop that came before (or after) an agent's own handling of it, e.g. while
+        # it was starting: nothing was held, so this is a clean stop.
+        _exit(0)
     except Exception as exc:
         from autolab.protocol.redact import redact
 

@@ -221,7 +221,8 @@ def reporter(
     lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
     interval: IntervalOpt = "5s",  # type: ignore[assignment]
     trackio: Annotated[bool, typer.Option(help="Mirror finished experiments into Trackio "
-                                          "($TRACKIO_DIR).")] = True,
+                                          "($TRACKIO_DIR); off where the trackio extra is "
+                                          "not installed.")] = True,
     project: Annotated[str | None, typer.Option(help="Trackio project (default: the lab's "
                                                 "name).", show_default=False)] = None,
     as_json: EventsJsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
@@ -231,6 +232,7 @@ def reporter(
 
     Logs one dated line per event (-q, -v); --json prints JSON lines instead.
     """
+    from autolab.agents.events import WARNING, emit
     from autolab.agents.reporter import report_once
 
     _one_mode(once, loop)
@@ -238,6 +240,13 @@ def reporter(
     the_lab = open_lab(lab, agent)
     log = agent_log("reporter", the_lab.agent, as_json, quiet, verbose)
     with lifetime(log, once=once, loop=loop, lab=the_lab.store.url, interval_s=interval):
+        if trackio:
+            from autolab.extras import installed
+
+            if not installed("trackio"):  # a coordinating agent: its other duties go on
+                emit(log, "trackio_off", "trackio mirror off: trackio is not installed "
+                     "(pip install 'autolab[trackio]')", level=WARNING)
+                trackio = False
         _rounds(once, loop, interval,
                 lambda: report_once(the_lab, log, trackio=trackio, project=project))
 
@@ -254,11 +263,16 @@ def swarm(
 ) -> None:
     """Run a planner, N workers and a reporter as local processes for --duration.
 
+    Exits 1, naming the agent, its exit code and the end of its log, if an agent dies
+    before --duration is over (the others are stopped first).
+
     The agents log to --log-dir; the swarm itself logs when it starts and stops
     (--json: as JSON lines).
     """
-    from autolab.agents.swarm import Swarm
+    from autolab.agents.events import ERROR
+    from autolab.agents.swarm import AgentDied, Swarm
     from autolab.protocol.durations import format_duration
+    from autolab.protocol.redact import redact
 
     log = agent_log("swarm", None, as_json, quiet, verbose)
     crew = Swarm(resolve_lab(lab), workers=workers, depth=depth, log_dir=log_dir)
@@ -269,6 +283,11 @@ def swarm(
         crew.run(duration_, tick=1.0)
     except KeyboardInterrupt:
         crew.stop()
+    except AgentDied as died:
+        if log.json_lines:
+            log.event("error", redact(str(died)), level=ERROR, exit_code=died.exit_code,
+                      exit_codes=died.exits)
+        raise
     codes = {name: proc.returncode for name, proc in crew.procs.items()}
     log.event("stopped", "stopped", exit_codes=codes)
 
@@ -293,7 +312,10 @@ def demo(
         parser=_demo_minutes, metavar="MINUTES", hidden=True,
         help="The old --duration: a plain number is minutes.")] = None,
     dir_: Annotated[Path | None, typer.Option("--dir", help="Where the demo lab goes "
-                                              "(default ./autolab-demo).")] = None,
+                                              "(default ./autolab-demo); must be new or "
+                                              "empty, unless --reuse.")] = None,
+    reuse: Annotated[bool, typer.Option(
+        "--reuse", help="Continue the lab an earlier demo left in --dir.")] = False,
     budget: Annotated[float | None, typer.Option(
         parser=duration, metavar="DURATION",
         help=f"Training time per run ({DURATION_HELP}; default: the template's).",
@@ -305,26 +327,39 @@ def demo(
 ) -> None:
     """Run a whole lab locally on tiny-lm: planner, workers, reporter, promotions.
 
+    Exits 1, naming the agent, its exit code and the end of its log, if an agent dies
+    before the demo ends.
+
     On a terminal, a live view; elsewhere (a log, a pipe, CI) a progress line every
     few seconds. --json prints progress events and the final summary as JSON lines.
     """
-    from autolab.protocol.errors import UsageError
+    from autolab.extras import require
+    from autolab.protocol.errors import AutoLabError, UsageError
 
     if duration_ is not None and minutes is not None:
         raise UsageError("give at most one of --duration and --minutes (its old name)")
     seconds = duration_ if duration_ is not None else minutes if minutes is not None else 180.0
     if seconds <= 0:
         raise UsageError("--duration: the demo needs a duration above 0s")
+    require("autolab demo", "train", "torch")  # tiny-lm trains with it, in this environment
     from autolab.agents.cli.live import ProgressLines
     from autolab.agents.demo import run_demo
 
     log = agent_log("demo", None, as_json, False, False)
     on_terminal = live and not as_json and sys.stdout.isatty()
     progress = None if on_terminal else ProgressLines(log, seconds)
-    with progress or nullcontext():
-        report = run_demo(workers=workers, minutes=seconds / 60, directory=dir_,
-                          budget=budget, live=on_terminal,
-                          on_view=progress.update if progress else None)
+    try:
+        with progress or nullcontext():
+            report = run_demo(workers=workers, minutes=seconds / 60, directory=dir_,
+                              budget=budget, live=on_terminal, reuse=reuse,
+                              on_view=progress.update if progress else None)
+    except AutoLabError as exc:  # a refused --dir, an agent that died
+        if as_json:
+            from autolab.agents.events import ERROR
+            from autolab.protocol.redact import redact
+
+            log.event("error", redact(str(exc)), level=ERROR, exit_code=exc.exit_code)
+        raise
     from autolab.agents.cli.live import print_summary
 
     print_summary(report, log if as_json else None)

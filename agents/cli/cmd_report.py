@@ -54,6 +54,9 @@ def report(
 ) -> None:
     """Write a self-contained HTML report of the lab: progress, runs per agent over
     time, leaderboard, promotions, failures and spend."""
+    from autolab.extras import require
+
+    require("autolab report", "report", "matplotlib", "numpy")
     from autolab.scoreboard import report as rep
 
     started = time.monotonic()

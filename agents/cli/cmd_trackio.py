@@ -27,7 +27,10 @@ def trackio_sync(lab: LabOpt = None, project: ProjectOpt = None,
     Exit code 3 when the project was already up to date (with --json, the document is
     printed all the same).
     """
+    from autolab.extras import require
     from autolab.protocol.errors import NothingToDo
+
+    require("autolab trackio-sync", "trackio", "trackio")
     from autolab.scoreboard.trackio_sync import sync
 
     report = sync(open_lab(lab).read(), project, say=(lambda _: None) if as_json else print)
@@ -49,6 +52,9 @@ def dashboard(
                                           "line.")] = False,
 ) -> None:
     """Sync the lab into Trackio, then serve Trackio's dashboard on 127.0.0.1 until stopped."""
+    from autolab.extras import require
+
+    require("autolab dashboard", "trackio", "trackio")
     from autolab.scoreboard.trackio_sync import quiet, sync
 
     report = sync(open_lab(lab).read(), project, say=(lambda _: None) if as_json else print)

@@ -120,15 +120,20 @@ def print_summary(report: DemoReport, log: AgentLog | None) -> None:
     view = Lab.open(str(report.lab), "demo").read()
     config, state = view.config, view.state
     best = state.best
+    from autolab.extras import installed
+
     lab, q = str(report.lab), shlex.quote
     commands = [
         f"autolab status --lab {q(lab)}",
         f"autolab sql --lab {q(lab)} \"SELECT experiment_id, state, metric, hypothesis FROM "
         "experiments ORDER BY metric\"",
         f"git -C {q(lab)} log --first-parent --oneline main",
-        f"autolab report --lab {q(lab)} --out {q(str(report.dir / 'report'))}",
-        f"TRACKIO_DIR={q(str(report.dir / 'trackio'))} autolab dashboard --lab {q(lab)}",
     ]
+    if installed("matplotlib"):  # the commands of extras that are not installed would fail
+        commands.append(f"autolab report --lab {q(lab)} --out {q(str(report.dir / 'report'))}")
+    if installed("trackio"):
+        commands.append(f"TRACKIO_DIR={q(str(report.dir / 'trackio'))} autolab dashboard "
+                        f"--lab {q(lab)}")
     counts = {s: len(state.by_state(s)) for s in ("done", "failed", "cancelled")}
     rows = leaderboard(view)
     if log is not None:
