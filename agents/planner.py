@@ -5,12 +5,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from autolab.agents.events import DEBUG, emit
+from autolab.agents.events import DEBUG, WARNING, emit
 from autolab.agents.proposers.space import propose_space
 from autolab.agents.reaping import reap
 from autolab.protocol import transactions as tx
 from autolab.protocol.compute import check_budget
-from autolab.protocol.errors import NothingToDo
+from autolab.protocol.errors import NothingToDo, PatchError
 from autolab.protocol.lab import Lab
 
 
@@ -39,7 +39,16 @@ def plan_once(lab: Lab, depth: int, say: Callable[[str], None] = print,
         emit(say, "no_proposal", "no new proposal found (the knobs' changes are tried)",
              level=DEBUG, queued=queued, depth=depth)
         return []
-    ids = [i for i in tx.propose(lab, proposals) if i]
+    try:
+        ids = [i for i in tx.propose(lab, proposals) if i]
+    except PatchError as exc:
+        # Built on view.main; a promotion may have moved main (and the knob lines the
+        # patches change) since: a lost race, not a fault. Next round starts from it.
+        if lab.read().main == view.main:
+            raise
+        emit(say, "main_moved", f"not proposing: main moved while proposing ({exc})",
+             level=WARNING, reason=str(exc))
+        return []
     for eid, proposal in zip(ids, proposals, strict=False):
         emit(say, "proposed", f"proposed {eid}: {proposal.hypothesis}", experiment_id=eid,
              hypothesis=proposal.hypothesis, priority=proposal.priority)

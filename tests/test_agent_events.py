@@ -152,3 +152,34 @@ def test_init_and_trackio_sync_print_json(daemon_remote, tmp_path):
     assert doc["changed"] is True and doc["runs"] == ["exp-0001"]
     again = run_cli("trackio-sync", "--json", "--lab", daemon_remote.url)
     assert again.returncode == 3 and json.loads(again.stdout)["changed"] is False
+
+
+def test_a_planner_whose_proposals_lose_a_race_with_a_promotion_keeps_going(remote,
+                                                                              monkeypatch):
+    """A promotion landing between the planner's read of main and its proposal moves
+    the knob lines its patches change: the proposal no longer applies. That lost race
+    killed the planner (and so a swarm or a demo); it is now a warning, and the next
+    round proposes from the new main."""
+    import random
+
+    from autolab.agents import planner
+    from autolab.protocol.transactions import claim as do_claim
+
+    from .helpers import finish
+
+    lab, worker = Lab.open(remote.url, "planner"), Lab.open(remote.url, "w1")
+    propose_x(worker, 2.0)
+    real = planner.propose_space
+
+    def then_a_promotion_lands(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        proposals = real(*args, **kwargs)
+        finish(worker, do_claim(worker), 2.0)  # X = 2.0 on main now
+        return proposals
+
+    monkeypatch.setattr(planner, "propose_space", then_a_promotion_lands)
+    said: list[str] = []
+    main = remote.main()
+    assert planner.plan_once(lab, 4, said.append, rng=random.Random(1)) == []
+    assert remote.main() != main and any("main moved while proposing" in s for s in said)
+    monkeypatch.setattr(planner, "propose_space", real)
+    assert planner.plan_once(lab, 4, said.append, rng=random.Random(1))  # from the new main
