@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -59,7 +61,7 @@ class AgentLog:
         self.role, self.agent, self.json_lines = role, agent, json_lines
         self.logger = logging.getLogger(f"{LOGGER}.{role}")
         root = logging.getLogger(LOGGER)
-        handler = logging.StreamHandler(stream or sys.stdout)
+        handler = _AgentStream(stream or sys.stdout)
         handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
         for old in list(root.handlers):  # one handler per process, whoever set it up
             root.removeHandler(old)
@@ -80,6 +82,25 @@ class AgentLog:
             "autolab_event": name, "autolab_fields": fields,
             "autolab_who": f"{self.role} {self.agent}" if self.agent else self.role,
             "autolab_role": self.role, "autolab_agent": self.agent})
+
+
+class _AgentStream(logging.StreamHandler):
+    """An agent's output. When its reader goes away (``autolab worker --json | head``:
+    a broken pipe), the agent stops as on SIGTERM (a worker records a finished run
+    first) instead of running on with nobody reading; later lines are dropped."""
+
+    broken = False
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        error = sys.exc_info()[1]
+        if not isinstance(error, BrokenPipeError) or self.broken:
+            return  # any other failure to write a line: the line is lost, not the agent
+        self.broken = True
+        self.setStream(open(os.devnull, "w"))  # noqa: SIM115 (lives as long as the process)
+        if threading.current_thread() is threading.main_thread():
+            from autolab.agents.stopping import STOP
+
+            STOP.request()
 
 
 def _when(record: logging.LogRecord) -> datetime:

@@ -183,3 +183,28 @@ def test_a_planner_whose_proposals_lose_a_race_with_a_promotion_keeps_going(remo
     assert remote.main() != main and any("main moved while proposing" in s for s in said)
     monkeypatch.setattr(planner, "propose_space", real)
     assert planner.plan_once(lab, 4, said.append, rng=random.Random(1))  # from the new main
+
+
+def test_an_agent_whose_reader_goes_away_stops_instead_of_running_on(daemon_remote):
+    """``autolab planner --loop --json | head -1``: once the pipe's reader is gone, the
+    next line cannot be written; the agent stops as on SIGTERM (exit code 0, no
+    traceback) instead of running on with nobody reading."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        # -v: a line every round (queue_full), so there is always a next line to write
+        [sys.executable, "-m", "autolab.agents.cli", "planner", "--loop", "--json", "-v",
+         "--interval", "0.5", "--depth", "2", "--lab", daemon_remote.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ})
+    try:
+        first = json.loads(proc.stdout.readline())
+        assert first["event"] == "started"
+        proc.stdout.close()  # the reader goes away, as `head -1` does
+        assert proc.wait(timeout=120) == 0
+        assert proc.stderr.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

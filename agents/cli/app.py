@@ -12,6 +12,7 @@ nothing to do (README.md, "Exit codes", lists which command exits 3 when).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Annotated
@@ -181,8 +182,15 @@ def _exit(code: int) -> None:
     abort the process during finalization ("terminate called without an active
     exception", exit -6), hiding the real exit code.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed, or its reader went away (a broken pipe)
+            # Nothing more can reach it: point the descriptor at /dev/null so that the
+            # interpreter's own flush at exit does not fail again, with a traceback.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
     if "pyarrow" in sys.modules:
         os._exit(code)
     sys.exit(code)
