@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autolab.agents.lab_init import init_lab
 from autolab.agents.swarm import Swarm
@@ -24,6 +24,11 @@ from autolab.protocol.errors import AutoLabError
 
 DEFAULT_DIR = Path("autolab-demo")
 LAB_NAME = "lab.git"  # the demo lab's bare repository, inside the demo directory
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from autolab.protocol.reader import LabView
 
 
 @dataclass
@@ -86,9 +91,12 @@ def _set_budget(seconds: float | None, timeout: float | None):  # noqa: ANN202
 
 def run_demo(*, workers: int = 2, minutes: float = 3.0, directory: Path | None = None,
              budget: float | None = None, template: str = "tiny-lm", depth: int | None = None,
-             live: bool = True, reuse: bool = False) -> DemoReport:
+             live: bool = True, reuse: bool = False,
+             on_view: Callable[[LabView], None] | None = None) -> DemoReport:
     """Create the lab (or, with ``reuse``, take up the one an earlier demo left in
     ``directory``), run the swarm for ``minutes``, and close the lab cleanly.
+
+    ``on_view`` (without ``live``) gets a fresh view of the lab every few seconds.
 
     Raises:
         AutoLabError: the directory is refused (see :func:`demo_dir`); ``budget`` was
@@ -130,6 +138,8 @@ def run_demo(*, workers: int = 2, minutes: float = 3.0, directory: Path | None =
     def tick() -> None:
         if view_ctx is not None:
             view_ctx.update(render(lab.read(), start, minutes * 60))
+        elif on_view is not None:
+            on_view(lab.read())
 
     try:
         swarm.run(minutes * 60, tick=2.0, on_tick=tick)

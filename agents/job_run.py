@@ -17,6 +17,7 @@ from pathlib import Path
 
 from autolab.agents.backends.base import RunResult
 from autolab.agents.backends.local import LocalBackend
+from autolab.agents.events import WARNING, emit
 from autolab.agents.worker import Cycle, Worker
 from autolab.protocol import compute
 from autolab.protocol import transactions as tx
@@ -41,7 +42,8 @@ class JobRun(Worker):
                 extras["log_ref"] = store_log(self.lab, claim.experiment_id, claim.attempt,
                                               result.log_path.read_bytes())
             except (AutoLabError, OSError) as exc:  # a lost log must not cost the result
-                self.say(f"log of {claim.experiment_id} not kept: {exc}")
+                emit(self.say, "log_not_kept", f"log of {claim.experiment_id} not kept: {exc}",
+                     level=WARNING, experiment_id=claim.experiment_id, attempt=claim.attempt)
         return extras
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+from autolab.agents.events import DEBUG, WARNING, emit
 from autolab.agents.proposers.space import propose_space
 from autolab.agents.reaping import reap
 from autolab.protocol import transactions as tx
 from autolab.protocol.compute import check_budget
-from autolab.protocol.errors import NothingToDo
+from autolab.protocol.errors import NothingToDo, PatchError
 from autolab.protocol.lab import Lab
 
 
@@ -22,10 +23,12 @@ def plan_once(lab: Lab, depth: int, say: Callable[[str], None] = print,
     try:
         check_budget(view)
     except NothingToDo as exc:
-        say(f"{exc}: not proposing")
+        emit(say, "budget_spent", f"{exc}: not proposing", reason=str(exc))
         return []
     queued = len(state.by_state("queued"))
     if queued >= depth:
+        emit(say, "queue_full", f"{queued} queued (depth {depth}): not proposing",
+             level=DEBUG, queued=queued, depth=depth)
         return []
     files = {k.file: (lab.store.read_file(view.main, k.file) or b"").decode()
              for k in config.knobs.values()}
@@ -33,8 +36,20 @@ def plan_once(lab: Lab, depth: int, say: Callable[[str], None] = print,
     proposals = propose_space(config, files, state.patch_hashes(), depth - queued,
                               baseline=not measured, rng=rng)
     if not proposals:
+        emit(say, "no_proposal", "no new proposal found (the knobs' changes are tried)",
+             level=DEBUG, queued=queued, depth=depth)
         return []
-    ids = [i for i in tx.propose(lab, proposals) if i]
+    try:
+        ids = [i for i in tx.propose(lab, proposals) if i]
+    except PatchError as exc:
+        # Built on view.main; a promotion may have moved main (and the knob lines the
+        # patches change) since: a lost race, not a fault. Next round starts from it.
+        if lab.read().main == view.main:
+            raise
+        emit(say, "main_moved", f"not proposing: main moved while proposing ({exc})",
+             level=WARNING, reason=str(exc))
+        return []
     for eid, proposal in zip(ids, proposals, strict=False):
-        say(f"proposed {eid}: {proposal.hypothesis}")
+        emit(say, "proposed", f"proposed {eid}: {proposal.hypothesis}", experiment_id=eid,
+             hypothesis=proposal.hypothesis, priority=proposal.priority)
     return ids

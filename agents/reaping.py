@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from autolab.agents.events import emit
 from autolab.agents.host_claims import HostClaims
 from autolab.protocol import transactions as tx
 from autolab.protocol.lab import Lab
@@ -29,7 +30,9 @@ def reap(lab: Lab, view: LabView | None = None, say: Callable[[str], None] = pri
                            view.config.policy.max_attempts)
         if event is not None:
             done.append(tx.Reaped(exp.id, exp.attempt, event))
-            say(f"{event} {exp.id} attempt {exp.attempt}: its worker process is gone")
+            emit(say, event, f"{event} {exp.id} attempt {exp.attempt}: its worker process "
+                 "is gone", experiment_id=exp.id, attempt=exp.attempt,
+                 reason="its worker process is gone", holder=exp.agent)
     alive: set[str] = {r.experiment_id for r in done}  # ended already: not again below
     if any(e.backend == "hf-jobs" for e in view.state.by_state("claimed")):
         from autolab.agents.backends.hf_jobs import liveness
@@ -39,5 +42,7 @@ def reap(lab: Lab, view: LabView | None = None, say: Callable[[str], None] = pri
         done += jobs.ended
     expired = tx.reap(lab, view, keep=alive, at=at)
     for reaped in expired:
-        say(f"{reaped.event} {reaped.experiment_id} attempt {reaped.attempt}: lease expired")
+        emit(say, reaped.event, f"{reaped.event} {reaped.experiment_id} attempt "
+             f"{reaped.attempt}: lease expired", experiment_id=reaped.experiment_id,
+             attempt=reaped.attempt, reason="lease expired")
     return done + expired

@@ -39,6 +39,11 @@ class StopSignal:
             return
         raise Stopped()
 
+    def request(self) -> None:
+        """Ask for a stop from inside the process, as a stop signal would: raised here
+        and now, or where the current shielded section ends (main thread only)."""
+        self._handle(signal.SIGTERM, None)
+
     @property
     def shielding(self) -> bool:
         return self._depth > 0

@@ -175,20 +175,3 @@ class Swarm:
         finally:
             self.stop()
 
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``10m``, ``2h`` -> seconds."""
-    import math
-
-    from autolab.protocol.errors import UsageError
-
-    units = {"s": 1, "m": 60, "h": 3600}
-    text = text.strip().lower()
-    unit = units.get(text[-1:], 0)
-    try:
-        seconds = float(text[:-1]) * unit if unit else float(text)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:  # "nan", "inf", "-5m" parse as floats
-        raise UsageError(f"duration {text!r}: expected seconds or a number with s, m or h")
-    return seconds

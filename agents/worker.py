@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from autolab.agents.backends.base import Backend, HostError, RunRequest, RunResult
+from autolab.agents.events import DEBUG, WARNING, emit
 from autolab.agents.host_claims import HostClaims
 from autolab.agents.stopping import STOP, Stopped
 from autolab.agents.worktree import Worktree
@@ -102,7 +103,10 @@ class Worker:
             if STOP.pending:
                 self._release(claim, "worker stopped")
                 STOP.check()
-        self.say(f"claimed {claim.experiment_id} attempt {claim.attempt}: {claim.hypothesis}")
+        emit(self.say, "claimed",
+             f"claimed {claim.experiment_id} attempt {claim.attempt}: {claim.hypothesis}",
+             experiment_id=claim.experiment_id, attempt=claim.attempt,
+             hypothesis=claim.hypothesis, lease_until=claim.lease_until)
         try:
             return self.execute(claim, start)
         finally:
@@ -120,7 +124,9 @@ class Worker:
     def _release(self, claim: tx.Claim, reason: str) -> None:
         with STOP.shielded():
             tx.release(self.lab, claim.experiment_id, claim.attempt, reason)
-            self.say(f"released {claim.experiment_id}: {reason}")
+            emit(self.say, "released", f"released {claim.experiment_id}: {reason}",
+                 level=WARNING, experiment_id=claim.experiment_id, attempt=claim.attempt,
+                 reason=reason)
 
     def execute(self, claim: tx.Claim, start: float | None = None) -> Cycle:
         """Run a claimed attempt to its recorded score (and promotion).
@@ -170,7 +176,9 @@ class Worker:
             agent=lab.agent)
         with Worktree() as tree:
             tree.populate(store, patch_commit, harness)
-            self.say(f"running `{config.command}` for {claim.experiment_id}")
+            emit(self.say, "running", f"running `{config.command}` for {claim.experiment_id}",
+                 experiment_id=claim.experiment_id, attempt=claim.attempt,
+                 command=config.command, timeout_s=config.timeout)
             request = RunRequest(
                 command=config.command, workdir=tree.path, timeout=config.timeout,
                 env={**config.env, "AUTOLAB_EXPERIMENT": claim.experiment_id,
@@ -202,24 +210,35 @@ class Worker:
             # main became unreadable mid-run (a foreign or damaged shard): the result
             # needs nothing from main, so it is recorded first, then the damage reported.
             if not exc.newer and tx.record_unread(lab, score, claim.lease_until):
-                self.say(f"{claim.experiment_id}: result recorded (attempt "
-                         f"{claim.attempt}); main cannot be read until it is repaired "
-                         "(`autolab doctor --fix`)")
+                emit(self.say, "recorded_unread",
+                     f"{claim.experiment_id}: result recorded (attempt {claim.attempt}); "
+                     "main cannot be read until it is repaired (`autolab doctor --fix`)",
+                     level=WARNING, experiment_id=claim.experiment_id,
+                     attempt=claim.attempt, status=score["status"], metric=score["metric"])
             raise
         self._note({"event": "submitted", "experiment_id": claim.experiment_id,
                     "attempt": claim.attempt, "outcome": submitted.outcome,
                     "result_digest": score["result_digest"]})
         shown = f"{metric_name}={score['metric']:.6g}" if score["metric"] is not None else (
             score["reason"] or "")
-        self.say(f"{claim.experiment_id}: {score['status']} {shown} in {result.runtime_s:.1f}s"
-                 f" ({submitted.outcome})")
+        emit(self.say, "scored", f"{claim.experiment_id}: {score['status']} {shown} in "
+             f"{result.runtime_s:.1f}s ({submitted.outcome})",
+             experiment_id=claim.experiment_id, attempt=claim.attempt,
+             status=score["status"], metric_name=metric_name, metric=score["metric"],
+             reason=score["reason"], runtime_s=score["runtime_s"], outcome=submitted.outcome)
         promoted = False
         if submitted.outcome == "recorded" and score["status"] == "ok":
             outcome = tx.promote(lab, claim.experiment_id)
             promoted = outcome.promoted
-            self.say(f"promoted {claim.experiment_id}: {metric_name} {outcome.previous} -> "
-                     f"{outcome.metric}" if promoted else
-                     f"not promoted {claim.experiment_id}: {outcome.reason}")
+            if promoted:
+                emit(self.say, "promoted", f"promoted {claim.experiment_id}: {metric_name} "
+                     f"{outcome.previous} -> {outcome.metric}",
+                     experiment_id=claim.experiment_id, metric=outcome.metric,
+                     previous=outcome.previous, commit=outcome.commit)
+            else:
+                emit(self.say, "not_promoted",
+                     f"not promoted {claim.experiment_id}: {outcome.reason}",
+                     experiment_id=claim.experiment_id, reason=outcome.reason)
         cycle = Cycle(claim.experiment_id, claim.attempt, score["status"], score["metric"],
                       submitted.outcome, promoted, time.monotonic() - start, result.runtime_s)
         self._note_cycle(cycle)
@@ -278,7 +297,8 @@ class Worker:
                 finally:
                     os.close(fd)
             except OSError as exc:  # statistics must never cost a result or a promotion
-                self.say(f"cannot write {self.stats_file}: {exc}")
+                emit(self.say, "stats_unwritten", f"cannot write {self.stats_file}: {exc}",
+                     level=WARNING, path=self.stats_file)
 
     def recover(self) -> list[str]:
         """End the attempts a dead process left behind: this agent id's, and this host's.
@@ -308,7 +328,9 @@ class Worker:
             event = tx.abandon(self.lab, exp, why, view.config.policy.max_attempts)
             if event:
                 ended.append(exp.id)
-                self.say(f"{event} {exp.id} attempt {exp.attempt}: {why} ({exp.agent})")
+                emit(self.say, event, f"{event} {exp.id} attempt {exp.attempt}: {why} "
+                     f"({exp.agent})", experiment_id=exp.id, attempt=exp.attempt,
+                     reason=why, holder=exp.agent)
         return ended
 
     def loop(self, *, max_experiments: int | None = None, idle: float = 2.0,
@@ -319,6 +341,8 @@ class Worker:
             if self.run_once() is None:
                 if exit_when_idle:
                     break
+                emit(self.say, "idle", f"nothing to claim; looking again in {idle:g}s",
+                     level=DEBUG)
                 time.sleep(idle)
                 continue
             done += 1

@@ -364,3 +364,85 @@ def test_contract_waiting_on_a_job_that_cannot_be_inspected_is_bounded(
     assert time.monotonic() - started < 5
     assert sum(1 for r in hub.requests if r.method == "GET" and job.id in r.path
                and r.path.endswith(job.id)) == INSPECTION_LIMIT
+
+
+def test_contract_schedule_create_list_suspend_resume_delete(hub, tmp_path, git_daemon):
+    """``autolab schedule`` as subcommands, each against the Jobs API stand-in, with its
+    --json document; the durations it takes mean what they mean everywhere."""
+    remote = _lab(tmp_path, git_daemon)
+    env = _env(hub)
+
+    def cli(*args: str) -> dict | list:
+        proc = run_cli("schedule", *args, "--namespace", USER, "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    made = cli("create", "--lab", remote.url, "--role", "reporter", "--every", "2h",
+               "--image", IMAGE, "--job-timeout", "1h30m")
+    assert made["schedule"] == "0 */2 * * *" and made["role"] == "reporter"
+    assert made["command"][:2] == ["autolab", "reporter"] and made["command"][-1] == "--once"
+    [sent] = [r.body for r in hub.requests if r.method == "POST"
+              and r.path == f"/api/scheduled-jobs/{USER}"]
+    assert sent["jobSpec"]["timeoutSeconds"] == 5400  # --job-timeout 1h30m
+    [row] = cli("list", "--lab", remote.url)
+    assert row["id"] == made["id"] and not row["suspended"]
+    assert row["role"] == "reporter" and row["next_run"] is not None
+    assert cli("suspend", made["id"]) == {"id": made["id"], "namespace": USER,
+                                          "action": "suspended"}
+    assert cli("list", "--lab", remote.url)[0]["suspended"] is True
+    assert hub.trigger_scheduled(made["id"]) is None  # a suspended schedule starts nothing
+    assert cli("resume", made["id"])["action"] == "resumed"
+    assert cli("list", "--lab", remote.url)[0]["suspended"] is False
+    assert cli("delete", made["id"])["action"] == "deleted"
+    assert cli("list", "--lab", remote.url) == []
+    text = run_cli("schedule", "list", "--lab", remote.url, "--namespace", USER, env=env)
+    assert text.returncode == 0 and text.stdout == "0 scheduled job(s)\n"
+
+
+def test_contract_schedule_keeps_its_first_spelling(hub, tmp_path, git_daemon):
+    """``schedule --role R --every E`` still creates, and group options written before
+    the subcommand still reach it."""
+    remote = _lab(tmp_path, git_daemon)
+    env = _env(hub)
+    made = run_cli("schedule", "--lab", remote.url, "--role", "planner", "--every", "@hourly",
+                   "--namespace", USER, "--image", IMAGE, "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    scheduled = json.loads(made.stdout)["id"]
+    listed = run_cli("schedule", "--lab", remote.url, "--namespace", USER, "--json", "list",
+                     env=env)
+    assert [r["id"] for r in json.loads(listed.stdout)] == [scheduled]
+    gone = run_cli("schedule", "--namespace", USER, "delete", scheduled, env=env)
+    assert gone.returncode == 0 and gone.stdout == f"deleted {scheduled}\n"
+
+
+def test_contract_every_that_is_not_whole_minutes_is_refused(hub, tmp_path, git_daemon):
+    """``--every 90s`` divides an hour, but cron counts minutes: it was scheduled every
+    minute ("*/1"); it is refused, as is any --every that is not whole minutes."""
+    remote = _lab(tmp_path, git_daemon)
+    for every in ("90s", "30s", "2.5m", "7m", "@often"):
+        for verb in ([], ["create"]):  # the first spelling, and the new one
+            proc = run_cli("schedule", *verb, "--lab", remote.url, "--role", "worker",
+                           "--every", every, "--namespace", USER, "--image", IMAGE,
+                           env=_env(hub))
+            assert proc.returncode == 2, (every, proc.stdout, proc.stderr)
+            assert proc.stderr.startswith("autolab: error: --every")
+    assert list(HfApi(endpoint=hub.endpoint, token=TOKEN).list_scheduled_jobs(
+        namespace=USER)) == []
+
+
+def test_contract_an_hf_jobs_worker_prints_its_launches_as_json_lines(hub, tmp_path, git_daemon):
+    remote = _lab(tmp_path, git_daemon)
+    eid = _propose(Lab.open(remote.url, "planner"), 2.5)
+    proc = _launch(remote.url, hub, "--json", "--job-timeout", "20m")
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["started", "launched", "done"]
+    assert events[0]["backend"] == "hf-jobs" and events[0]["job_timeout_s"] == 1200
+    job = _only_job(hub, HfApi(endpoint=hub.endpoint, token=TOKEN), eid, 1)
+    assert events[1]["experiment_id"] == eid and events[1]["job_id"] == f"{USER}/{job.id}"
+    [body] = [r.body for r in hub.requests if r.method == "POST" and r.path == f"/api/jobs/{USER}"]
+    assert body["timeoutSeconds"] == 1200
+    assert hub.wait_job(job.id, timeout=120) == "COMPLETED"
+    idle = _launch(remote.url, hub, "--json")
+    assert idle.returncode == 3
+    assert json.loads(idle.stdout.splitlines()[-1])["event"] == "nothing_to_do"

@@ -14,12 +14,16 @@ from .conftest import REPO, run_cli
 
 @pytest.mark.slow
 def test_demo_improves_the_model_and_leaves_a_consistent_lab(tmp_path):
-    proc = run_cli("demo", "--workers", "2", "--minutes", "0.9", "--budget", "1",
-                   "--dir", str(tmp_path / "demo"), "--no-live",
+    # A --dir long enough that a command naming it is wider than any terminal.
+    where = tmp_path / ("a-directory-with-a-long-name-" * 3) / "demo"
+    proc = run_cli("demo", "--workers", "2", "--duration", "54s", "--budget", "1s",
+                   "--dir", str(where), "--no-live",
                    env={"AUTOLAB_CACHE": str(tmp_path / "cache")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "leaderboard" in proc.stdout and "protocol overhead per experiment" in proc.stdout
-    lab_path = tmp_path / "demo" / "lab.git"
+    _check_progress_lines(proc.stdout)
+    _check_commands_are_whole(proc.stdout, where)
+    lab_path = where / "lab.git"
     view = Lab.open(str(lab_path), "check").read()
     state, config = view.state, view.config
     assert len(state.experiments) >= 3
@@ -39,6 +43,55 @@ def test_demo_improves_the_model_and_leaves_a_consistent_lab(tmp_path):
                                   cwd=lab_path, capture_output=True, text=True).stdout
     assert f"promote {best['experiment_id']}" in first_parent
     assert run_cli("doctor", "--lab", str(lab_path)).returncode == 0
+
+
+def _check_progress_lines(stdout: str) -> None:
+    """Not on a terminal: a dated progress line at least every 10 s."""
+    from datetime import datetime
+
+    stamps = [datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
+              for line in stdout.splitlines() if line[19:26] == " demo: "]
+    assert len(stamps) >= 54 / 10, stdout
+    gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
+    assert max(gaps) <= 10, gaps  # whole seconds: a 5 s cadence reads as at most 6
+
+
+def _check_commands_are_whole(stdout: str, where) -> None:  # noqa: ANN001
+    """Each command to copy is on one line, whole, its paths quoted for the shell."""
+    import shlex
+
+    lines = stdout.split("inspect the lab:\n", 1)[1].splitlines()
+    lab = shlex.quote(str(where / "lab.git"))
+    assert lines[0] == f"  autolab status --lab {lab}"
+    assert lines[1] == (f"  autolab sql --lab {lab} \"SELECT experiment_id, state, metric, "
+                        'hypothesis FROM experiments ORDER BY metric"')
+    assert lines[2] == f"  git -C {lab} log --first-parent --oneline main"
+    commands = [line for line in lines if line.startswith(("  autolab", "  git", "  TRACKIO"))]
+    assert len(commands) >= 3 and all(len(shlex.split(line)) > 2 for line in commands)
+
+
+@pytest.mark.slow
+def test_demo_as_json_lines_with_its_old_minutes_flag(tmp_path):
+    """--json: progress events at least every 10 s, then ``finished`` with the summary
+    and the commands; --minutes, the old spelling of --duration, still counts minutes."""
+    import json
+    from datetime import datetime
+
+    proc = run_cli("demo", "--workers", "1", "--minutes", "0.2", "--budget", "1",
+                   "--dir", str(tmp_path / "demo"), "--json",
+                   env={"AUTOLAB_CACHE": str(tmp_path / "cache")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    progress = [e for e in events if e["event"] == "progress"]
+    assert progress and all(e["total_s"] == 12 for e in progress)
+    stamps = [datetime.fromisoformat(e["at"]) for e in progress]
+    assert max((b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)
+               ) <= 10
+    finished = events[-1]
+    assert finished["event"] == "finished" and finished["lab"] == str(tmp_path / "demo" /
+                                                                     "lab.git")
+    assert finished["commands"][0] == f"autolab status --lab {finished['lab']}"
+    assert set(finished["counts"]) == {"done", "failed", "cancelled"}
 
 
 def test_demo_refuses_a_non_empty_dir_instead_of_writing_beside_it(tmp_path):

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from autolab.agents.events import WARNING, emit
 from autolab.agents.run_logs import LOG_REFS
 from autolab.protocol import compute
 from autolab.protocol import transactions as tx
@@ -269,8 +270,11 @@ class Launcher:
         # "<namespace>/<id>": whoever checks on the job later needs both.
         compute.launched(self.lab, claim.experiment_id, claim.attempt,
                     job_id=f"{self.namespace}/{job.id}", backend=BACKEND)
-        self.say(f"launched {claim.experiment_id} attempt {claim.attempt} as job {job.id} "
-                 f"({settings.flavor}): {claim.hypothesis}")
+        emit(self.say, "launched", f"launched {claim.experiment_id} attempt {claim.attempt} "
+             f"as job {job.id} ({settings.flavor}): {claim.hypothesis}",
+             experiment_id=claim.experiment_id, attempt=claim.attempt,
+             job_id=f"{self.namespace}/{job.id}", flavor=settings.flavor,
+             hypothesis=claim.hypothesis)
         return job
 
     def loop(self, *, max_launches: int | None = None, forever: bool = False,
@@ -292,13 +296,15 @@ class Launcher:
                 if not forever and not launched:
                     raise  # exit code 3: this run launched nothing
                 if not forever:
-                    self.say(f"stopping: {exc}")
+                    emit(self.say, "nothing_to_do", f"stopping: {exc}", reason=str(exc))
                     break
                 time.sleep(idle)
                 continue
             launched += 1
             if wait:
-                self.say(f"job {job.id} ended: {self.wait(job)}")
+                stage = self.wait(job)
+                emit(self.say, "job_ended", f"job {job.id} ended: {stage}",
+                     job_id=f"{self.namespace}/{job.id}", stage=stage)
         return launched
 
     def wait(self, job: JobInfo, poll: float = 5.0) -> str:
@@ -379,7 +385,7 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
                                       check)
                     if outcome:
                         check.settled.append(outcome)
-                        say(outcome)
+                        _said_settled(say, outcome, exp, check)
                     continue
             else:
                 labels = {"autolab-lab": lab_label(lab.store.url),
@@ -397,11 +403,13 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
                 if event:
                     check.settled.append(f"{exp.id} attempt {exp.attempt}: {event}")
                     check.ended.append(tx.Reaped(exp.id, exp.attempt, event))
-                    say(f"{event} {exp.id} attempt {exp.attempt}: its job cannot be inspected "
-                        f"({error})")
+                    emit(say, event, f"{event} {exp.id} attempt {exp.attempt}: its job cannot "
+                         f"be inspected ({error})", experiment_id=exp.id, attempt=exp.attempt,
+                         reason=f"its job cannot be inspected ({error})")
                 continue
-            say(f"cannot check the job of {exp.id} attempt {exp.attempt} ({error}); "
-                "keeping its lease")
+            emit(say, "job_unchecked", f"cannot check the job of {exp.id} attempt "
+                 f"{exp.attempt} ({error}); keeping its lease", level=WARNING,
+                 experiment_id=exp.id, attempt=exp.attempt, reason=str(error))
             check.alive.add(exp.id)
             continue
         if job is None:
@@ -415,8 +423,18 @@ def check_jobs(lab: Lab, view: LabView, api: HfApi, namespace: str,
                           job.status.message or "", api, job_ns or namespace, check)
         if outcome:
             check.settled.append(outcome)
-            say(outcome)
+            _said_settled(say, outcome, exp, check)
     return check
+
+
+def _said_settled(say: Callable[[str], None], outcome: str, exp: Experiment,
+                  check: JobCheck) -> None:
+    """Report how an ended job's attempt was settled: the event :func:`_settle` ended it
+    with (``recovered``, ``expired``, ``failed``)."""
+    ended = [r.event for r in check.ended if (r.experiment_id, r.attempt) == (exp.id,
+                                                                             exp.attempt)]
+    emit(say, ended[-1] if ended else "settled", outcome, experiment_id=exp.id,
+         attempt=exp.attempt, reason=outcome)
 
 
 # Failed inspections of one attempt's job after its lease ran out, in this process.
@@ -547,5 +565,6 @@ def liveness(lab: Lab, view: LabView, say: Callable[[str], None] = print, *,
     except AutoLabError:
         raise
     except Exception as exc:  # HTTP and transport errors of the client alike
-        say(f"cannot check HF jobs ({hub_error('liveness', exc)}); leases decide")
+        emit(say, "jobs_unchecked", f"cannot check HF jobs ({hub_error('liveness', exc)}); "
+             "leases decide", level=WARNING)
         return JobCheck()

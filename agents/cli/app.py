@@ -5,12 +5,14 @@ into the protocol, agents or scoreboard packages. Heavy libraries (pyarrow, duck
 pygit2, torch) are imported inside the commands that need them, so ``autolab
 --help`` and cheap commands start fast.
 
-Exit codes: 0 success, 1 error (one line on stderr), 2 usage error, 3 nothing to do
-(README.md, "Exit codes", lists which command exits 3 when).
+Exit codes: 0 success, 1 error (one line on stderr), 2 usage error (one line on stderr
+too, for click's own errors as well: an unknown flag, a bad choice or duration), 3
+nothing to do (README.md, "Exit codes", lists which command exits 3 when).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Annotated
@@ -28,6 +30,7 @@ app = typer.Typer(
     "Exit codes).",
     no_args_is_help=True,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -108,17 +111,47 @@ def _text_only(command: typer.main.TyperCommand | typer.main.TyperGroup) -> None
     command.callback = checked
 
 
+def _click_error() -> type[Exception]:
+    """The base class of click's errors, in whichever click typer uses (its own copy
+    since typer 0.20): ``typer.BadParameter`` derives from it."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+def _usage_line(exc: Exception) -> str:
+    """Click's error (an unknown flag, a bad choice, a missing option) as one line, with
+    where to find the command's help."""
+    from autolab.protocol.errors import shown
+
+    message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
+    return shown(message) + hint
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning AutoLabError into a one-line message."""
+    """Entry point: run the app, turning AutoLabError and click's usage errors into a
+    one-line message on stderr."""
     from autolab.agents.stopping import Stopped
     from autolab.protocol.errors import AutoLabError
 
     _register()
+    click_error = _click_error()
     try:
         command = typer.main.get_command(app)
         _text_only(command)
-        # Standalone mode: click prints usage errors and exits 2, and typer.Exit(n) exits n.
-        command(args=argv)
+        # Not standalone: click's errors come here to be printed as one line; a
+        # typer.Exit(n) (and --help: 0) comes back as the code.
+        code = command.main(args=argv, prog_name="autolab", standalone_mode=False)
+        _exit(code if isinstance(code, int) else 0)
+    except click_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help
+            exc.show()  # type: ignore[attr-defined]
+        else:
+            print(f"autolab: error: {_usage_line(exc)}", file=sys.stderr)
+        _exit(exc.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:
+        print("autolab: aborted", file=sys.stderr)
+        _exit(1)
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         if done.code is not None and not isinstance(done.code, int):
@@ -149,8 +182,15 @@ def _exit(code: int) -> None:
     abort the process during finalization ("terminate called without an active
     exception", exit -6), hiding the real exit code.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed, or its reader went away (a broken pipe)
+            # Nothing more can reach it: point the descriptor at /dev/null so that the
+            # interpreter's own flush at exit does not fail again, with a traceback.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
     if "pyarrow" in sys.modules:
         os._exit(code)
     sys.exit(code)

@@ -2,27 +2,46 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from autolab.agents.cli.cmd_hf import FlavorOpt, ImageOpt, JobTimeoutOpt, NamespaceOpt
-from autolab.agents.cli.common import AgentOpt, LabOpt, fmt, open_lab, resolve_lab
+from autolab.agents.cli.common import (
+    DURATION_HELP,
+    AgentOpt,
+    EventsJsonOpt,
+    LabOpt,
+    QuietOpt,
+    VerboseOpt,
+    duration,
+    open_lab,
+    resolve_lab,
+    verbosity,
+)
+
+if TYPE_CHECKING:
+    from autolab.agents.events import AgentLog
 
 OnceOpt = Annotated[bool, typer.Option("--once", help="Do one unit of work and exit.")]
 LoopOpt = Annotated[bool, typer.Option("--loop", help="Repeat until stopped (SIGTERM/Ctrl-C).")]
-IntervalOpt = Annotated[float, typer.Option(help="Seconds between rounds with --loop.")]
+IntervalOpt = Annotated[float, typer.Option(
+    parser=duration, metavar="DURATION",
+    help=f"Pause between rounds with --loop ({DURATION_HELP}).")]
 
 
-def _say(role: str):  # noqa: ANN202
-    def say(line: str) -> None:
-        print(f"{datetime.now():%H:%M:%S} {role}: {line}", flush=True)
+class Backend(StrEnum):
+    """Where a worker's runs happen."""
 
-    return say
+    local = "local"
+    hf_jobs = "hf-jobs"
 
 
 def _stop_on_sigterm() -> None:
@@ -39,29 +58,64 @@ def _one_mode(once: bool, loop: bool) -> None:
         raise UsageError("give at most one of --once and --loop")
 
 
-def _rounds(once: bool, loop: bool, interval: float, body) -> None:  # noqa: ANN001
-    """Run ``body`` once, or forever with ``interval`` pauses; stop cleanly on SIGTERM."""
-    from autolab.agents.stopping import Stopped
+def agent_log(role: str, agent: str | None, as_json: bool, quiet: bool,
+              verbose: bool) -> AgentLog:
+    """Where a long-lived agent's events go (dated log lines, or NDJSON with --json)."""
+    from autolab.agents.events import AgentLog
 
-    _one_mode(once, loop)
-    _stop_on_sigterm()
+    return AgentLog(role, agent, json_lines=as_json, verbosity=verbosity(quiet, verbose))
+
+
+@contextmanager
+def lifetime(log: AgentLog, stopped: str = "stopped", **fields: Any) -> Iterator[None]:
+    """An agent's life as events: ``started``, then ``stopped`` (SIGTERM, Ctrl-C: exit
+    code 0) or ``done``; with --json also ``nothing_to_do`` (exit code 3) or ``error``
+    (the line that goes to stderr), so a follower of the stream sees how it ended."""
+    from autolab.agents.events import ERROR, INFO
+    from autolab.agents.stopping import Stopped
+    from autolab.protocol.errors import AutoLabError
+    from autolab.protocol.redact import redact
+
+    once, loop = fields.pop("once", False), fields.pop("loop", False)
+    mode = "once" if once else "loop" if loop else "until idle"
+    log.event("started", f"started ({mode})", pid=os.getpid(), mode=mode, **fields)
     try:
-        while True:
-            body()
-            if not loop or once:
-                return
-            time.sleep(interval)
+        yield
     except (Stopped, KeyboardInterrupt):
+        log.event("stopped", stopped)
         return
+    except AutoLabError as exc:
+        if log.json_lines:
+            name = "nothing_to_do" if exc.exit_code == 3 else "error"
+            log.event(name, redact(str(exc)), level=ERROR if name == "error" else INFO,
+                      exit_code=exc.exit_code)
+        raise
+    except Exception as exc:  # a Hub client's error: main() prints it as one line too
+        if log.json_lines:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.event("error", redact(first), level=ERROR, exit_code=1)
+        raise
+    log.event("done", "done")
+
+
+def _rounds(once: bool, loop: bool, interval: float, body: Callable[[], None]) -> None:
+    """Run ``body`` once, or forever with ``interval`` pauses; a stop ends it (raised)."""
+    _stop_on_sigterm()
+    while True:
+        body()
+        if not loop or once:
+            return
+        time.sleep(interval)
 
 
 def worker(
     lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
     max_: Annotated[int | None, typer.Option("--max", help="Stop after N experiments.")] = None,
-    backend: Annotated[str, typer.Option(help="Compute backend: local (run here) or hf-jobs "
-                                         "(launch each run as a Hugging Face Job).")] = "local",
+    backend: Annotated[Backend, typer.Option(help="Compute backend: local (run here) or "
+                                             "hf-jobs (launch each run as a Hugging Face "
+                                             "Job).")] = Backend.local,
     log_dir: Annotated[Path | None, typer.Option(help="Where run logs go.")] = None,
-    interval: IntervalOpt = 2.0,
+    interval: IntervalOpt = "2s",  # type: ignore[assignment]  # parsed by `duration`
     detach: Annotated[bool, typer.Option(
         help="hf-jobs: launch and move on (default), or --no-detach to wait for each job."
     )] = True,
@@ -78,6 +132,7 @@ def worker(
         show_default=False)] = None,
     label: Annotated[list[str] | None, typer.Option(
         help="hf-jobs: extra KEY=VALUE job label (repeatable).", show_default=False)] = None,
+    as_json: EventsJsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Claim experiments, run them, record scores, promote winners.
 
@@ -90,175 +145,224 @@ def worker(
     Local runs are contained: $AUTOLAB_SANDBOX=auto (default) puts each in its own
     namespaces where Linux allows it, =namespaces requires that, =none only sweeps
     the run's process tree (docs/security.md).
+
+    Logs one dated line per event (-q: warnings only, -v: debug too); --json prints
+    the events as JSON lines instead (README.md, "Following an agent").
     """
-    from autolab.agents.backends.local import LocalBackend
-    from autolab.agents.worker import Stopped, Worker
-    from autolab.protocol.errors import NothingToDo, UsageError
+    from autolab.agents.events import emit
+    from autolab.protocol.errors import NothingToDo
 
     _one_mode(once, loop)
-    if backend == "hf-jobs":
+    verbosity(quiet, verbose)
+    if backend is Backend.hf_jobs:
         from autolab.agents.cli.cmd_hf import _pairs, hf_worker
 
         overrides = {"flavor": flavor, "image": image, "namespace": namespace,
                      "timeout": job_timeout, "secrets": secret,
                      "env": _pairs(env, "--env"), "labels": _pairs(label, "--label"),
                      "volumes": tuple(volume) if volume else None}
+        the_lab = open_lab(lab, agent)
+        log = agent_log("worker", the_lab.agent, as_json, quiet, verbose)
         _stop_on_sigterm()
-        hf_worker(lab, agent, once=once, loop=loop, max_=max_, detach=detach,
-                  interval=interval, overrides=overrides)
+        with lifetime(log, "stopped (launched jobs keep running)", once=once, loop=loop,
+                      backend=backend.value, lab=the_lab.store.url, interval_s=interval,
+                      job_timeout_s=job_timeout):
+            hf_worker(the_lab, log, once=once, loop=loop, max_=max_, detach=detach,
+                      interval=interval, overrides=overrides)
         return
-    if backend != "local":
-        raise UsageError(f"unknown backend {backend!r}; available: local, hf-jobs")
+    from autolab.agents.backends.local import LocalBackend
+    from autolab.agents.worker import Worker
+
     the_lab = open_lab(lab, agent)
     from autolab.agents.run_logs import default_log_dir
 
     logs = log_dir or default_log_dir(the_lab)
-    work = Worker(the_lab, LocalBackend(), logs, say=_say(f"worker {the_lab.agent}"))
+    log = agent_log("worker", the_lab.agent, as_json, quiet, verbose)
+    work = Worker(the_lab, LocalBackend(), logs, say=log)
     _stop_on_sigterm()
     from autolab.agents.backends import sandbox
 
-    sandbox.mode()  # fails now, not at the first run, if namespaces are required
-    work.say(sandbox.describe())
-    try:
+    with lifetime(log, once=once, loop=loop, backend=backend.value, lab=the_lab.store.url,
+                  log_dir=str(logs), interval_s=interval):
+        sandbox.mode()  # fails now, not at the first run, if namespaces are required
+        emit(log, "sandbox", sandbox.describe())
         work.recover()
         if once:
             if work.run_once() is None:
                 raise NothingToDo("nothing to claim")
             return
         ran = work.loop(max_experiments=max_, idle=interval, exit_when_idle=not loop)
-    except (Stopped, KeyboardInterrupt):
-        work.say("stopped")
-        return
-    if ran == 0 and max_ != 0:
-        raise NothingToDo("nothing to claim")
+        if ran == 0 and max_ != 0:
+            raise NothingToDo("nothing to claim")
 
 
 def planner(
     lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
     depth: Annotated[int, typer.Option(help="Target number of queued experiments.")] = 4,
-    interval: IntervalOpt = 2.0,
+    interval: IntervalOpt = "2s",  # type: ignore[assignment]
+    as_json: EventsJsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
-    """Keep the queue at --depth with one-knob proposals of the current best; reap leases."""
+    """Keep the queue at --depth with one-knob proposals of the current best; reap leases.
+
+    Logs one dated line per event (-q, -v); --json prints JSON lines instead.
+    """
     from autolab.agents.planner import plan_once
 
+    _one_mode(once, loop)
+    verbosity(quiet, verbose)
     the_lab = open_lab(lab, agent)
-    say = _say(f"planner {the_lab.agent}")
-    _rounds(once, loop, interval, lambda: plan_once(the_lab, depth, say))
+    log = agent_log("planner", the_lab.agent, as_json, quiet, verbose)
+    with lifetime(log, once=once, loop=loop, lab=the_lab.store.url, depth=depth,
+                  interval_s=interval):
+        _rounds(once, loop, interval, lambda: plan_once(the_lab, depth, log))
 
 
 def reporter(
     lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
-    interval: IntervalOpt = 5.0,
+    interval: IntervalOpt = "5s",  # type: ignore[assignment]
     trackio: Annotated[bool, typer.Option(help="Mirror finished experiments into Trackio "
                                           "($TRACKIO_DIR); off where the trackio extra is "
                                           "not installed.")] = True,
     project: Annotated[str | None, typer.Option(help="Trackio project (default: the lab's "
                                                 "name).", show_default=False)] = None,
+    as_json: EventsJsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Reap expired leases (asking the Jobs API about HF jobs), fold record refs into main,
-    compact shards, sync Trackio."""
+    compact shards, sync Trackio.
+
+    Logs one dated line per event (-q, -v); --json prints JSON lines instead.
+    """
+    from autolab.agents.events import WARNING, emit
     from autolab.agents.reporter import report_once
 
+    _one_mode(once, loop)
+    verbosity(quiet, verbose)
     the_lab = open_lab(lab, agent)
-    say = _say(f"reporter {the_lab.agent}")
-    if trackio:
-        from autolab.extras import installed
+    log = agent_log("reporter", the_lab.agent, as_json, quiet, verbose)
+    with lifetime(log, once=once, loop=loop, lab=the_lab.store.url, interval_s=interval):
+        if trackio:
+            from autolab.extras import installed
 
-        if not installed("trackio"):  # a coordinating agent: its other duties go on
-            say("trackio mirror off: trackio is not installed (pip install 'autolab[trackio]')")
-            trackio = False
-    _rounds(once, loop, interval,
-            lambda: report_once(the_lab, say, trackio=trackio, project=project))
+            if not installed("trackio"):  # a coordinating agent: its other duties go on
+                emit(log, "trackio_off", "trackio mirror off: trackio is not installed "
+                     "(pip install 'autolab[trackio]')", level=WARNING)
+                trackio = False
+        _rounds(once, loop, interval,
+                lambda: report_once(the_lab, log, trackio=trackio, project=project))
 
 
 def swarm(
     lab: LabOpt = None,
     workers: Annotated[int, typer.Option(help="Number of worker processes.")] = 2,
-    duration: Annotated[str, typer.Option(help="How long: 90s, 10m, 2h.")] = "10m",
+    duration_: Annotated[float, typer.Option(
+        "--duration", parser=duration, metavar="DURATION",
+        help=f"How long ({DURATION_HELP}).")] = "10m",  # type: ignore[assignment]
     depth: Annotated[int, typer.Option(help="Planner's queue depth.")] = 4,
     log_dir: Annotated[Path, typer.Option(help="Per-agent log files.")] = Path("autolab-logs"),
+    as_json: EventsJsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
     """Run a planner, N workers and a reporter as local processes for --duration.
 
     Exits 1, naming the agent, its exit code and the end of its log, if an agent dies
     before --duration is over (the others are stopped first).
-    """
-    from autolab.agents.swarm import Swarm, parse_duration
 
-    seconds = parse_duration(duration)
+    The agents log to --log-dir; the swarm itself logs when it starts and stops
+    (--json: as JSON lines).
+    """
+    from autolab.agents.events import ERROR
+    from autolab.agents.swarm import AgentDied, Swarm
+    from autolab.protocol.durations import format_duration
+    from autolab.protocol.redact import redact
+
+    log = agent_log("swarm", None, as_json, quiet, verbose)
     crew = Swarm(resolve_lab(lab), workers=workers, depth=depth, log_dir=log_dir)
-    print(f"swarm: {workers} worker(s), planner and reporter for {seconds:g}s; logs in "
-          f"{log_dir}/", flush=True)
+    log.event("started", f"{workers} worker(s), planner and reporter for "
+              f"{format_duration(duration_)}; logs in {log_dir}/", pid=os.getpid(), workers=workers,
+              depth=depth, duration_s=duration_, log_dir=str(log_dir))
     try:
-        crew.run(seconds, tick=1.0)
+        crew.run(duration_, tick=1.0)
     except KeyboardInterrupt:
         crew.stop()
-    print("swarm: stopped", flush=True)
+    except AgentDied as died:
+        if log.json_lines:
+            log.event("error", redact(str(died)), level=ERROR, exit_code=died.exit_code,
+                      exit_codes=died.exits)
+        raise
+    codes = {name: proc.returncode for name, proc in crew.procs.items()}
+    log.event("stopped", "stopped", exit_codes=codes)
+
+
+def _demo_minutes(text: str) -> float:
+    """``--minutes``, the old spelling of ``--duration``: a plain number is minutes,
+    anything else the duration syntax; returns seconds."""
+    import re
+
+    if re.fullmatch(r"\s*(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*", text):
+        return duration(float(text) * 60)
+    return duration(text)
 
 
 def demo(
     workers: Annotated[int, typer.Option(help="Number of workers.")] = 2,
-    minutes: Annotated[float, typer.Option(help="How long the swarm runs.")] = 3.0,
+    duration_: Annotated[float | None, typer.Option(
+        "--duration", parser=duration, metavar="DURATION",
+        help=f"How long the swarm runs ({DURATION_HELP}; default 3m).",
+        show_default=False)] = None,
+    minutes: Annotated[float | None, typer.Option(
+        parser=_demo_minutes, metavar="MINUTES", hidden=True,
+        help="The old --duration: a plain number is minutes.")] = None,
     dir_: Annotated[Path | None, typer.Option("--dir", help="Where the demo lab goes "
                                               "(default ./autolab-demo); must be new or "
                                               "empty, unless --reuse.")] = None,
     reuse: Annotated[bool, typer.Option(
         "--reuse", help="Continue the lab an earlier demo left in --dir.")] = False,
-    budget: Annotated[float | None, typer.Option(help="Training seconds per run (default: "
-                                                 "the template's).")] = None,
-    live: Annotated[bool, typer.Option(help="Show the live view.")] = True,
+    budget: Annotated[float | None, typer.Option(
+        parser=duration, metavar="DURATION",
+        help=f"Training time per run ({DURATION_HELP}; default: the template's).",
+        show_default=False)] = None,
+    live: Annotated[bool, typer.Option(help="Show the live view (on a terminal; "
+                                       "elsewhere a progress line every few seconds).")
+                    ] = True,
+    as_json: EventsJsonOpt = False,
 ) -> None:
     """Run a whole lab locally on tiny-lm: planner, workers, reporter, promotions.
 
     Exits 1, naming the agent, its exit code and the end of its log, if an agent dies
     before the demo ends.
+
+    On a terminal, a live view; elsewhere (a log, a pipe, CI) a progress line every
+    few seconds. --json prints progress events and the final summary as JSON lines.
     """
-    from autolab.extras import installed, require
+    from autolab.extras import require
+    from autolab.protocol.errors import AutoLabError, UsageError
 
+    if duration_ is not None and minutes is not None:
+        raise UsageError("give at most one of --duration and --minutes (its old name)")
+    seconds = duration_ if duration_ is not None else minutes if minutes is not None else 180.0
+    if seconds <= 0:
+        raise UsageError("--duration: the demo needs a duration above 0s")
     require("autolab demo", "train", "torch")  # tiny-lm trains with it, in this environment
-    from rich.console import Console
-    from rich.table import Table
-
+    from autolab.agents.cli.live import ProgressLines
     from autolab.agents.demo import run_demo
-    from autolab.protocol.lab import Lab
-    from autolab.scoreboard.leaderboard import leaderboard
 
-    console = Console()
-    report = run_demo(workers=workers, minutes=minutes, directory=dir_, budget=budget,
-                      live=live and sys.stdout.isatty(), reuse=reuse)
-    view = Lab.open(str(report.lab), "demo").read()
-    config, state = view.config, view.state
-    table = Table("experiment", config.metric, "promoted", "hypothesis", title="leaderboard")
-    for row in leaderboard(view):
-        table.add_row(row["experiment_id"], fmt(row["metric"]), "yes" if row["promoted"] else "",
-                      row["hypothesis"][:80])
-    console.print(table)
-    console.print(f"[bold]promotions[/] ({len(state.promotions)}):")
-    for p in state.promotions:
-        console.print(f"  {p['experiment_id']}: {config.metric} = {p['metric']:.4f}")
-    best = state.best
-    if best and config.floor is not None:
-        gap = best["metric"] - config.floor
-        console.print(f"best {config.metric} {best['metric']:.4f}; entropy floor "
-                      f"{config.floor:.4f}; gap {gap:.4f} ({gap / config.floor:.1%} of the floor)")
-    counts = {s: len(state.by_state(s)) for s in ("done", "failed", "cancelled")}
-    console.print(f"experiments: {counts}")
-    if report.overhead_mean is not None:
-        console.print(f"protocol overhead per experiment: {report.overhead_mean:.2f}s "
-                      f"({report.overhead_share:.1%} of worker time, {len(report.cycles)} runs)")
-    hints = [f"autolab status --lab {report.lab}",
-             f"autolab sql --lab {report.lab} \"SELECT experiment_id, state, metric, "
-             f"hypothesis FROM experiments ORDER BY metric\"",
-             f"git -C {report.lab} log --first-parent --oneline main"]
-    if installed("matplotlib"):
-        hints.append(f"autolab report --lab {report.lab} --out {report.dir / 'report'}")
-    if installed("trackio"):
-        hints.append(f"TRACKIO_DIR={report.dir / 'trackio'} autolab dashboard "
-                     f"--lab {report.lab}")
-    hints.append(f"logs: {report.dir / 'logs'}")
-    # soft_wrap: a command cut at the terminal's width could not be pasted back
-    console.print("\ninspect the lab:\n" + "\n".join(f"  {h}" for h in hints),
-                  markup=False, highlight=False, soft_wrap=True)
+    log = agent_log("demo", None, as_json, False, False)
+    on_terminal = live and not as_json and sys.stdout.isatty()
+    progress = None if on_terminal else ProgressLines(log, seconds)
+    try:
+        with progress or nullcontext():
+            report = run_demo(workers=workers, minutes=seconds / 60, directory=dir_,
+                              budget=budget, live=on_terminal, reuse=reuse,
+                              on_view=progress.update if progress else None)
+    except AutoLabError as exc:  # a refused --dir, an agent that died
+        if as_json:
+            from autolab.agents.events import ERROR
+            from autolab.protocol.redact import redact
+
+            log.event("error", redact(str(exc)), level=ERROR, exit_code=exc.exit_code)
+        raise
+    from autolab.agents.cli.live import print_summary
+
+    print_summary(report, log if as_json else None)
 
 
 def register(app: typer.Typer) -> None:

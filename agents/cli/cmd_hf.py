@@ -3,13 +3,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
-from autolab.agents.cli.common import AgentOpt, JsonOpt, LabOpt, open_lab, print_json, resolve_lab
+from autolab.agents.cli.common import (
+    DURATION_HELP,
+    AgentOpt,
+    JsonOpt,
+    LabOpt,
+    duration,
+    open_lab,
+    print_json,
+    resolve_lab,
+)
 
-ROLES = ("planner", "worker", "reporter")
+
+class Role(StrEnum):
+    """The agent a scheduled job runs, once per tick."""
+
+    planner = "planner"
+    worker = "worker"
+    reporter = "reporter"
+
+
 FlavorOpt = Annotated[str | None, typer.Option(
     help="Jobs hardware flavor, e.g. cpu-basic, l4x1, a100-large, h200 (default: "
     "[hf_jobs].flavor, else cpu-basic).", show_default=False)]
@@ -18,9 +38,20 @@ ImageOpt = Annotated[str | None, typer.Option(help="Docker image with autolab in
 NamespaceOpt = Annotated[str | None, typer.Option(help="User or org that runs the jobs "
                                                   "(default: the token's user).",
                                                   show_default=False)]
+
+
+def _job_timeout(text: str) -> float:
+    """A job timeout: a duration of at least one second (the Jobs API counts seconds)."""
+    seconds = duration(text)
+    if seconds < 1:
+        raise typer.BadParameter(f"{text!r}: a job needs at least 1s")
+    return seconds
+
+
 JobTimeoutOpt = Annotated[float | None, typer.Option(
-    "--job-timeout", help="Job timeout in seconds (default: [hf_jobs].timeout, else the "
-    "run timeout + 600).", show_default=False)]
+    "--job-timeout", parser=_job_timeout, metavar="DURATION",
+    help=f"Job timeout ({DURATION_HELP}; default: [hf_jobs].timeout, else the run timeout "
+    "+ 10m).", show_default=False)]
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str] | None:
@@ -58,30 +89,63 @@ def run(
         print_json(cycle.__dict__)
 
 
-def hf_worker(lab: str | None, agent: str | None, *, once: bool, loop: bool,
+def hf_worker(the_lab: Any, log: Callable[[str], None], *, once: bool, loop: bool,
               max_: int | None, detach: bool, interval: float, overrides: dict[str, Any]
               ) -> None:
-    """``autolab worker --backend hf-jobs``: claim, launch, record the job, move on."""
-    from autolab.agents.backends.hf_jobs import JobSettings, Launcher
-    from autolab.agents.cli.cmd_agents import _say
-    from autolab.agents.stopping import Stopped
+    """``autolab worker --backend hf-jobs``: claim, launch, record the job, move on.
 
-    the_lab = open_lab(lab, agent)
+    A stop (SIGTERM, Ctrl-C) ends the launching; launched jobs keep running.
+    """
+    from autolab.agents.backends.hf_jobs import JobSettings, Launcher
+
     config = the_lab.read().config
     settings = JobSettings.from_config(config.hf_jobs, config.timeout, **overrides)
-    launcher = Launcher(the_lab, settings, say=_say(f"worker {the_lab.agent}"))
-    try:
-        launcher.loop(max_launches=1 if once else max_, forever=loop, wait=not detach,
-                      idle=interval)
-    except (Stopped, KeyboardInterrupt):
-        launcher.say("stopped (launched jobs keep running)")
+    launcher = Launcher(the_lab, settings, say=log)
+    launcher.loop(max_launches=1 if once else max_, forever=loop, wait=not detach,
+                  idle=interval)
+
+
+class _ScheduleGroup(typer.core.TyperGroup):
+    """``autolab schedule``, also in its first spellings: ``schedule --role R --every
+    10m`` (create) and group options before the subcommand (``schedule --lab L
+    --namespace N list``), which are moved after it."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _subcommand_first(args, self.commands))
+
+
+def _subcommand_first(args: list[str], commands: dict[str, Any]) -> list[str]:
+    """``args`` with the subcommand first: options written before it move after it, and
+    with no subcommand at all, ``create`` is meant."""
+    if not args or args[0] in commands or args[0] in ("-h", "--help"):
+        return args
+    takes_value = {opt for param in commands["create"].params
+                   if param.param_type_name == "option" and not param.is_flag
+                   for opt in param.opts}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token in commands:
+            return [token, *args[:i], *args[i + 1:]]
+        if token == "--":
+            break
+        i += 2 if token in takes_value else 1
+    return ["create", *args]
 
 
 schedule_app = typer.Typer(
-    help="HF scheduled jobs running one agent role once per tick (a swarm with no "
-    "machine of yours awake). Without a subcommand: create one.",
-    no_args_is_help=False, invoke_without_command=True,
+    cls=_ScheduleGroup,
+    help="HF scheduled jobs, each running one agent role once per tick: a swarm with no "
+    "machine of yours awake (docs/hf-jobs.md).",
+    no_args_is_help=True,
 )
+ScheduleLabOpt = Annotated[str | None, typer.Option(
+    "--lab", help="The lab (default: $AUTOLAB_LAB, then this checkout's origin); list "
+    "shows only its scheduled jobs, or all of the namespace's when there is none.",
+    show_default=False)]
+ScheduleNamespaceOpt = Annotated[str | None, typer.Option(
+    "--namespace", help="User or org owning the scheduled jobs (default: the token's "
+    "user).", show_default=False)]
 
 
 def _every_to_schedule(every: str | None, cron: str | None) -> str:
@@ -96,35 +160,45 @@ def _every_to_schedule(every: str | None, cron: str | None) -> str:
         return cron
     assert every is not None
     if every.startswith("@"):
+        if every not in _MACROS:
+            raise UsageError(f"--every {every!r}: expected one of {', '.join(_MACROS)}, or a "
+                             f"duration ({DURATION_HELP})")
         return every
-    from autolab.agents.swarm import parse_duration
+    from autolab.protocol.durations import parse_duration
 
-    seconds = int(parse_duration(every))
-    if seconds < 60 or (seconds < 3600 and 3600 % seconds) or (
+    try:
+        seconds = parse_duration(every)
+    except ValueError as exc:
+        raise UsageError(f"--every: {exc}") from None
+    if seconds != int(seconds) or seconds < 60 or seconds % 60 or (
+            seconds < 3600 and 3600 % seconds) or (
             seconds >= 3600 and (seconds % 3600 or 86400 % seconds)):
         raise UsageError(f"--every {every!r}: use a divisor of an hour (e.g. 10m) or of a "
                          f"day (e.g. 2h), or give --cron")
+    if seconds == 86400:
+        return "@daily"
     if seconds < 3600:
-        return f"*/{seconds // 60} * * * *"
-    return f"0 */{seconds // 3600} * * *"
+        return f"*/{int(seconds) // 60} * * * *"
+    return f"0 */{int(seconds) // 3600} * * *"
 
 
-@schedule_app.callback()
-def schedule(
-    ctx: typer.Context, lab: LabOpt = None,
-    role: Annotated[str | None, typer.Option(help="planner | worker | reporter.",
-                                             show_default=False)] = None,
-    every: Annotated[str | None, typer.Option(help="@hourly, @daily, 10m, 2h ...",
-                                              show_default=False)] = None,
+_MACROS = ("@hourly", "@daily", "@midnight", "@weekly", "@monthly", "@yearly", "@annually")
+
+
+@schedule_app.command("create")
+def schedule_create(
+    role: Annotated[Role, typer.Option(help="The agent each tick runs.", show_default=False)],
+    lab: LabOpt = None,
+    every: Annotated[str | None, typer.Option(
+        metavar="DURATION|@MACRO",
+        help="How often: @hourly, @daily, ..., or a duration that divides an hour or a day "
+        "(10m, 2h).", show_default=False)] = None,
     cron: Annotated[str | None, typer.Option(help="A cron schedule, e.g. \"*/10 * * * *\".",
                                              show_default=False)] = None,
     flavor: FlavorOpt = None, image: ImageOpt = None, namespace: NamespaceOpt = None,
     job_timeout: JobTimeoutOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Create an HF scheduled job that runs `autolab ROLE --lab URL --once` each tick."""
-    if ctx.invoked_subcommand is not None:
-        ctx.obj = {"lab": lab, "namespace": namespace, "json": as_json}
-        return
     from autolab.agents.backends.hf_jobs import (
         JobSettings,
         check_lab_url,
@@ -134,10 +208,7 @@ def schedule(
         parse_volumes,
         price_per_second,
     )
-    from autolab.protocol.errors import UsageError
 
-    if role not in ROLES:
-        raise UsageError(f"--role must be one of {', '.join(ROLES)}")
     when = _every_to_schedule(every, cron)
     the_lab = open_lab(lab)
     config = the_lab.read().config
@@ -147,7 +218,7 @@ def schedule(
     api = hf_api()
     url = settings.lab_url or the_lab.store.url
     check_lab_url(url)
-    command = ["autolab", role, "--lab", url, "--once"]
+    command = ["autolab", role.value, "--lab", url, "--once"]
     # A scheduled worker runs its experiment inside the job: it records what that cost.
     env = {**settings.env, "AUTOLAB_JOB_FLAVOR": settings.flavor}
     price = price_per_second(api, settings.flavor)
@@ -167,44 +238,55 @@ def schedule(
         image=settings.image, command=command, schedule=when, env=env,
         secrets=settings.secrets or None, flavor=settings.flavor, timeout=settings.timeout,
         labels={**settings.labels, "autolab-lab": lab_label(the_lab.store.url),
-                "autolab-role": role},
+                "autolab-role": role.value},
         volumes=parse_volumes(settings.volumes), namespace=namespace_,
     )
     if as_json:
-        print_json({"id": job.id, "schedule": when, "role": role, "command": command})
+        print_json({"id": job.id, "namespace": namespace_, "schedule": when,
+                    "role": role.value, "command": command})
     else:
-        typer.echo(f"scheduled {role} ({when}) as {job.id}: {' '.join(command)}")
+        typer.echo(f"scheduled {role.value} ({when}) as {job.id}: {' '.join(command)}")
 
 
-def _api_and_namespace(ctx: typer.Context) -> tuple[Any, str]:
-    from autolab.agents.backends.hf_jobs import hf_api
+def _api_and_namespace(namespace: str | None) -> tuple[Any, str]:
+    from autolab.agents.backends.hf_jobs import hf_api, hub_error
 
     api = hf_api()
-    return api, ctx.obj.get("namespace") or api.whoami()["name"]
+    if namespace:
+        return api, namespace
+    try:
+        return api, api.whoami()["name"]
+    except Exception as exc:
+        raise hub_error("whoami", exc) from None
 
 
 @schedule_app.command("list")
-def schedule_list(ctx: typer.Context) -> None:
-    """The lab's scheduled jobs (all of the namespace's with no --lab)."""
+def schedule_list(lab: ScheduleLabOpt = None, namespace: ScheduleNamespaceOpt = None,
+                  as_json: JsonOpt = False) -> None:
+    """The lab's scheduled jobs (all of the namespace's when no lab is given or found)."""
     from autolab.agents.backends.hf_jobs import lab_label
 
-    api, namespace = _api_and_namespace(ctx)
+    api, namespace_ = _api_and_namespace(namespace)
     labels = None
-    lab = ctx.obj.get("lab")
     if lab or _has_default_lab():
         labels = {"autolab-lab": lab_label(resolve_lab(lab))}
-    jobs = api.list_scheduled_jobs(labels=labels, namespace=namespace)
+    jobs = api.list_scheduled_jobs(labels=labels, namespace=namespace_)
     rows = [{"id": j.id, "schedule": j.schedule, "suspended": bool(j.suspend),
              "role": (j.job_spec.labels or {}).get("autolab-role") if j.job_spec else None,
+             "flavor": str(j.job_spec.flavor) if j.job_spec and j.job_spec.flavor else None,
+             "next_run": (j.status.next_job_run_at
+                          if j.status and not j.suspend else None),
              "command": list(j.job_spec.command or []) if j.job_spec else []}
             for j in jobs]
-    if ctx.obj.get("json"):
+    if as_json:
         print_json(rows)
         return
+    from autolab.protocol.errors import shown
+
     for row in rows:
         state = "suspended" if row["suspended"] else "active"
-        typer.echo(f"{row['id']}  {row['schedule']:<14} {state:<9} {row['role'] or '-':<8} "
-                   f"{' '.join(row['command'])}")
+        typer.echo(shown(f"{row['id']}  {row['schedule']:<14} {state:<9} "
+                         f"{row['role'] or '-':<8} {' '.join(row['command'])}"))
     typer.echo(f"{len(rows)} scheduled job(s)")
 
 
@@ -216,19 +298,30 @@ def _has_default_lab() -> bool:
     return True
 
 
-def _manage(action: str):  # noqa: ANN202
-    def command(ctx: typer.Context, job_id: Annotated[str, typer.Argument(
-            help="Scheduled job id (see `autolab schedule list`).")]) -> None:
-        api, namespace = _api_and_namespace(ctx)
-        getattr(api, f"{action}_scheduled_job")(scheduled_job_id=job_id, namespace=namespace)
-        typer.echo(f"{action}d {job_id}" if action != "suspend" else f"suspended {job_id}")
+def _manage(action: str, done: str):  # noqa: ANN202
+    def command(job_id: Annotated[str, typer.Argument(
+                    help="Scheduled job id (see `autolab schedule list`).")],
+                namespace: ScheduleNamespaceOpt = None, as_json: JsonOpt = False) -> None:
+        from autolab.agents.backends.hf_jobs import hub_error
+
+        api, namespace_ = _api_and_namespace(namespace)
+        try:
+            getattr(api, f"{action}_scheduled_job")(scheduled_job_id=job_id,
+                                                    namespace=namespace_)
+        except Exception as exc:
+            raise hub_error(f"{action}_scheduled_job", exc) from None
+        if as_json:
+            print_json({"id": job_id, "namespace": namespace_, "action": done})
+        else:
+            typer.echo(f"{done} {job_id}")
 
     command.__doc__ = f"{action.capitalize()} a scheduled job."
     return command
 
 
-for _action in ("suspend", "resume", "delete"):
-    schedule_app.command(_action)(_manage(_action))
+for _action, _done in (("suspend", "suspended"), ("resume", "resumed"),
+                       ("delete", "deleted")):
+    schedule_app.command(_action)(_manage(_action, _done))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,20 +9,36 @@ import typer
 
 from autolab.agents.cli.common import JsonOpt, LabOpt, print_json, resolve_lab
 
+# The templates shipped in autolab/templates, named here rather than listed from the
+# package: listing it costs every command 30 ms at start-up (a test keeps both equal).
+TEMPLATES = ("tiny-lm", "kernel", "blank")
+
+
+def _template(text: str) -> str:
+    """``--template``: a shipped template's name, or a directory holding an autolab.toml."""
+    if text in TEMPLATES or (Path(text) / "autolab.toml").is_file():
+        return text
+    raise typer.BadParameter(f"{text!r} is not one of {', '.join(map(repr, TEMPLATES))}, "
+                             "nor a directory holding an autolab.toml")
+
 
 def init(
     path: Annotated[Path, typer.Argument(help="Where to create the lab.")],
-    template: Annotated[str, typer.Option(help="Template: tiny-lm (default), kernel, blank, or a "
-                                                "directory holding autolab.toml.")] = (
-        "tiny-lm"
-    ),
+    template: Annotated[str, typer.Option(
+        parser=_template, metavar=f"<{'|'.join(TEMPLATES)}|DIR>",
+        help=f"A shipped template ({', '.join(TEMPLATES)}) or a directory holding an "
+        "autolab.toml; any other value is a usage error.")] = "tiny-lm",
     bare: Annotated[bool, typer.Option("--bare", help="Create a bare repository to use as "
                                        "the lab's remote.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create a lab repository from a template (one commit on main)."""
     from autolab.agents.lab_init import init_lab
 
     created = init_lab(path, template, bare=bare)
+    if as_json:
+        print_json({"lab": str(created), "template": template, "bare": bare})
+        return
     typer.echo(f"created lab {created} from template {template}"
                + (" (bare: use it as --lab)" if bare else ""))
 

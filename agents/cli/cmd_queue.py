@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from autolab.agents.cli.common import (
+    DURATION_HELP,
     AgentOpt,
     JsonOpt,
     LabOpt,
+    duration,
     open_lab,
     print_json,
     read_input,
 )
+
+
+class Status(StrEnum):
+    """A run's status, as ``submit --status`` takes it (the scores table's
+    ``SCORE_STATUSES``, not imported here: that would load pyarrow for ``--help``)."""
+
+    ok = "ok"
+    crash = "crash"
+    timeout = "timeout"
+    invalid = "invalid"
 
 
 def propose(
@@ -89,7 +102,7 @@ def claim(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
     `autolab submit --worktree DIR --log run.log` pushes the experiment's branch and
     records the score (docs/lab.md, "The manual flow").
     """
-    from autolab.protocol.errors import UsageError
+    from autolab.protocol.errors import NothingToDo, UsageError
     from autolab.protocol.transactions import claim as do_claim
     from autolab.protocol.transactions import release
 
@@ -97,7 +110,13 @@ def claim(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
             not worktree.is_dir() or any(worktree.iterdir())):
         raise UsageError(f"--worktree {worktree}: exists and is not empty")
     the_lab = open_lab(lab, agent)
-    won = do_claim(the_lab, backend=backend)
+    try:
+        won = do_claim(the_lab, backend=backend)
+    except NothingToDo as exc:
+        if as_json:  # still one JSON document on stdout, whatever the exit code
+            print_json({"claimed": False, "experiment_id": None, "agent": the_lab.agent,
+                        "reason": str(exc)})
+        raise
     prepared = None
     if worktree is not None:
         from autolab.agents.manual import prepare
@@ -110,17 +129,22 @@ def claim(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
                     f"claim --worktree failed: {str(exc)[:200]}")
             raise
     if as_json:
-        print_json({**won.to_dict(), "agent": the_lab.agent,
+        print_json({"claimed": True, **won.to_dict(), "agent": the_lab.agent,
                     **({"worktree": str(worktree), "commit": prepared.commit}
                        if prepared else {})})
     else:
         typer.echo(f"claimed {won.experiment_id} attempt {won.attempt} as {the_lab.agent} "
                    f"(lease until {won.lease_until:%H:%M:%S} UTC): {won.hypothesis}")
         if prepared is not None:
+            import shlex
+
+            from autolab.protocol.durations import format_duration
+
             config = the_lab.read(max_age=5.0).config
+            where = shlex.quote(str(worktree))
             typer.echo(f"worktree {worktree}: run `{config.command}` there (within "
-                       f"{config.timeout:g}s), then `autolab submit --worktree {worktree} "
-                       "--log <its output>`")
+                       f"{format_duration(config.timeout)}), then `autolab submit "
+                       f"--worktree {where} --log <its output>`")
 
 
 def submit(
@@ -131,13 +155,15 @@ def submit(
     metrics_file: Annotated[Path | None, typer.Option(help="JSON object of metrics.")] = None,
     log: Annotated[Path | None, typer.Option(help="Run log ending in a '---' summary block."
                                              )] = None,
-    status: Annotated[str | None, typer.Option(help="ok|crash|timeout|invalid (default: from "
-                                               "the metrics).")] = None,
+    status: Annotated[Status | None, typer.Option(help="The run's status (default: from the "
+                                                  "metrics).", show_default=False)] = None,
     reason: Annotated[str | None, typer.Option(help="Why it failed, if it did.")] = None,
     branch_commit: Annotated[str | None, typer.Option(
         help="The measured commit, on autolab/exp/<id>: the experiment's parent plus "
              "exactly its patch (checked).")] = None,
-    runtime: Annotated[float | None, typer.Option(help="Run time in seconds.")] = None,
+    runtime: Annotated[float | None, typer.Option(
+        parser=duration, metavar="DURATION", help=f"Run time ({DURATION_HELP}).",
+        show_default=False)] = None,
     worktree: Annotated[Path | None, typer.Option(
         help="A worktree made by `claim --worktree`: its experiment, attempt and agent are "
         "used, and its branch is pushed for you.", show_default=False)] = None,
@@ -151,7 +177,6 @@ def submit(
     """
     from autolab.agents.summary import classify, parse_metrics, parse_summary
     from autolab.protocol.errors import AutoLabError, UsageError, shown
-    from autolab.protocol.schemas import SCORE_STATUSES
     from autolab.protocol.transactions import make_score
     from autolab.protocol.transactions import submit as do_submit
 
@@ -169,8 +194,6 @@ def submit(
         lab, agent = lab or record.lab, agent or record.agent
     elif experiment is None or attempt is None:
         raise UsageError("give --experiment and --attempt, or --worktree DIR")
-    if status is not None and status not in SCORE_STATUSES:
-        raise UsageError(f"--status {status!r}: choose one of {', '.join(SCORE_STATUSES)}")
     try:
         if metrics_file is not None:
             metrics = parse_metrics(read_input(metrics_file, "--metrics-file", limit=1 << 20),
@@ -192,12 +215,14 @@ def submit(
 
         assert worktree is not None
         check_unchanged(the_lab, record, worktree)
-        branch_commit = push_branch(the_lab, record, f"{status or found} (manual)")
+        branch_commit = push_branch(the_lab, record,
+                                    f"{status.value if status else found} (manual)")
     if branch_commit is not None:
         _check_branch_commit(the_lab, view, experiment, branch_commit)
     from autolab.protocol.harness import harness_files, harness_hash
 
-    score = make_score(experiment, attempt, status=status or found, metric=value,
+    score = make_score(experiment, attempt, status=status.value if status else found,
+                       metric=value,
                        metrics=metrics, reason=reason or why, branch_commit=branch_commit,
                        runtime_s=runtime, backend="manual", agent=the_lab.agent,
                        harness_hash=harness_hash(harness_files(view.store, view.main, config)))

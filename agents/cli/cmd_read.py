@@ -61,7 +61,7 @@ def status(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
         for bad in data["quarantined_records"]:
             console.print(f"[red]invalid record[/] {escape(bad['ref'])} @ {bad['commit'][:12]}: "
                           f"{escape(bad['reason'])} (not folded; `autolab doctor --fix` "
-                          "quarantines it)", highlight=False)
+                          "quarantines it)", highlight=False, soft_wrap=True)
     best = data["best"]
     if best:
         line = f"best: {best['experiment_id']} {data['metric']} = {fmt(best['metric'])}"

@@ -22,6 +22,32 @@ AgentOpt = Annotated[
                  "or host-pid).", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+EventsJsonOpt = Annotated[bool, typer.Option(
+    "--json", help="Print one JSON object per event, one per line (NDJSON), instead of "
+    "log lines.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Also debug events.")]
+DURATION_HELP = "30s, 10m, 2h, 1h30m or plain seconds"
+
+
+def duration(text: str | float) -> float:
+    """Parse a time flag (``--interval 10m``) for typer: the one duration syntax of
+    :mod:`autolab.protocol.durations`; a bad one is a usage error naming the flag."""
+    from autolab.protocol.durations import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def verbosity(quiet: bool, verbose: bool) -> int:
+    """-1 with ``-q``, 1 with ``-v``, else 0; both at once is a usage error."""
+    if quiet and verbose:
+        from autolab.protocol.errors import UsageError
+
+        raise UsageError("give at most one of -q/--quiet and -v/--verbose")
+    return -1 if quiet else 1 if verbose else 0
 
 
 def resolve_lab(lab: str | None) -> str:
