@@ -11,6 +11,7 @@ import pytest
 import typer.main
 
 from autolab.agents.cli import app as cli_app
+from autolab.agents.cli.cmd_lab import TEMPLATES
 from autolab.protocol.durations import parse_duration
 from autolab.protocol.lab import Lab
 
@@ -54,7 +55,7 @@ CHOICES = {
                         ["ok", "crash", "timeout", "invalid"]),
     "schedule create --role": (["schedule", "create", "--role", "boss", "--every", "10m"],
                                ["planner", "worker", "reporter"]),
-    "init --template": (["init", "x", "--template", "nope"], ["tiny-lm", "blank"]),
+    "init --template": (["init", "x", "--template", "nope"], list(TEMPLATES)),
 }
 
 
@@ -77,7 +78,6 @@ def test_the_choices_the_cli_names_are_the_ones_the_code_has():
     """The CLI spells some choice lists out (listing them would load pyarrow or the
     templates package at every start): they must stay equal to the real ones."""
     from autolab.agents.cli.cmd_hf import Role
-    from autolab.agents.cli.cmd_lab import TEMPLATES
     from autolab.agents.cli.cmd_queue import Status
     from autolab.agents.lab_init import templates
     from autolab.protocol.schemas import SCORE_STATUSES
