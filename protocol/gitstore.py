@@ -339,9 +339,11 @@ class GitStore(LabStore):
         ``main`` simply moved in between (agents reading a lab on this filesystem do so
         without the lock). An ancestor read after that is ``main`` moved back: a rewrite.
         """
+        main = snapshot.main
+        if _read_seen(self._seen_main)[0] == main:
+            return snapshot  # nothing to decide or write (the record is replaced whole)
         with self._lock:  # reentrant: refresh of a network lab already holds it
             seen, seen_at = _read_seen(self._seen_main)
-            main = snapshot.main
             if seen == main:
                 return snapshot
             if not seen or self.is_ancestor(seen, main):

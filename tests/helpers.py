@@ -46,9 +46,9 @@ def finish(lab: Lab, claim: tx.Claim, x: float, *, promote: bool = True) -> tx.P
 
 
 def write_claim_records(bare, start: int, count: int) -> dict[str, str]:
-    """Write ``count`` valid claim records (experiments ``e<n>``, attempt 1, a lease of a
-    day) straight into the bare lab ``bare`` with ``git fast-import``, as thousands of
-    agents would have; return {ref: commit} of every record ref of the lab."""
+    """Write ``count`` valid claim records (experiments ``bulk-<n>``, attempt 1, a lease
+    of a day) straight into the bare lab ``bare`` with ``git fast-import``, as thousands
+    of agents would have; return {ref: commit} of every record ref of the lab."""
     import secrets
     import subprocess
     from datetime import UTC, datetime, timedelta
@@ -64,8 +64,8 @@ def write_claim_records(bare, start: int, count: int) -> dict[str, str]:
         chunks = []
         for n in range(start, start + count):
             body = (template.replace("E" * 24, secrets.token_hex(12))
-                    .replace("EXPERIMENT", f"e{n:07d}").encode())
-            chunks.append(b"commit refs/autolab/claims/e%07d/1\n"
+                    .replace("EXPERIMENT", f"bulk-{n:07d}").encode())
+            chunks.append(b"commit refs/autolab/claims/bulk-%07d/1\n"
                           b"committer bulk <bulk@localhost> 1700000000 +0000\ndata 6\nclaim\n"
                           b"M 100644 inline .autolab/queue/000000000000-bulk-%016x.json\n"
                           b"data %d\n" % (n, n, len(body)) + body + b"\n")
