@@ -27,6 +27,10 @@ class StopSignal:
     def __init__(self) -> None:
         self._depth = 0
         self.pending = False
+        # Set by every stop signal. Library code that a stop interrupts may turn the
+        # Stopped into an error of its own (pyarrow, interrupted while it imports a
+        # module, raises ArrowInvalid): such an error after a stop is the stop.
+        self.requested = False
 
     def install(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)) -> None:
         """Route ``signals`` to this object (main thread only, as Python requires)."""
@@ -34,6 +38,7 @@ class StopSignal:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        self.requested = True
         if self._depth:
             self.pending = True
             return

@@ -162,7 +162,14 @@ def main(argv: list[str] | None = None) -> None:
         # it was starting: nothing was held, so this is a clean stop.
         _exit(0)
     except Exception as exc:
+        from autolab.agents.stopping import STOP
         from autolab.protocol.redact import redact
+
+        if STOP.requested:
+            # The stop interrupted library code, which reported it as an error of its
+            # own: the agent was asked to stop, and it stopped.
+            print("autolab: stopped", file=sys.stderr)
+            _exit(0)
 
         if not isinstance(exc, AutoLabError):
             if not type(exc).__module__.startswith(("huggingface_hub", "httpx")):
