@@ -68,6 +68,13 @@ def _start_worker(url: str, agent: str, *extra: str) -> subprocess.Popen[str]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
 
 
+def _wait_claimed(lab: Lab, eid: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while lab.read().state.experiments[eid].state != "claimed":
+        assert time.monotonic() < deadline, f"{eid} was never claimed"
+        time.sleep(0.1)
+
+
 def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -114,10 +121,7 @@ def test_sigterm_before_the_run_releases_the_attempt_at_once(slow_lab):
     eid = _propose(url, MODE="hang")
     worker = _start_worker(url, "stopped-mid-run")
     lab = Lab.open(url, "check")
-    deadline = time.monotonic() + 60
-    while lab.read().state.experiments[eid].state != "claimed":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _wait_claimed(lab, eid)
     worker.send_signal(signal.SIGTERM)
     out, _ = worker.communicate(timeout=60)
     exp = lab.read().state.experiments[eid]
@@ -129,10 +133,7 @@ def test_foreign_shard_arriving_mid_run_keeps_the_finished_result(slow_lab, tmp_
     eid = _propose(url, MODE="slow")
     worker = _start_worker(url, "steady")
     lab = Lab.open(url, "check")
-    deadline = time.monotonic() + 60
-    while lab.read().state.experiments[eid].state != "claimed":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _wait_claimed(lab, eid)
     # Someone with push rights drops a file that is not a shard under the scores table.
     clone = tmp_path / "vandal"
     subprocess.run(["git", "clone", "-q", url, str(clone)], check=True)
@@ -158,10 +159,7 @@ def test_dead_local_worker_claim_is_released_by_any_agent_on_the_host(slow_lab):
         [sys.executable, "-m", "autolab.agents.cli", "worker", "--once", "--lab", url],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     lab = Lab.open(url, "check")
-    deadline = time.monotonic() + 60
-    while lab.read().state.experiments[eid].state != "claimed":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _wait_claimed(lab, eid)
     # A live worker's claim is never touched by another agent on the host.
     assert f"{eid} attempt 1" not in run_cli("reap", "--lab", url).stdout
     assert lab.read().state.experiments[eid].state == "claimed"
@@ -184,10 +182,7 @@ def test_a_restarted_worker_leaves_a_live_namesake_claim_alone(slow_lab):
     eid = _propose(url, MODE="hang")
     first = _start_worker(url, "twin")
     lab = Lab.open(url, "check")
-    deadline = time.monotonic() + 60
-    while lab.read().state.experiments[eid].state != "claimed":
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    _wait_claimed(lab, eid)
     second = run_cli("worker", "--once", "--lab", url, "--agent", "twin")
     assert second.returncode == 3, second.stdout + second.stderr  # nothing left to claim
     exp = lab.read().state.experiments[eid]
