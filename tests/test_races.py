@@ -51,7 +51,11 @@ def _claim_with_eight_processes(remote, count: int) -> None:
     for n, proc in enumerate(procs):
         out, err = proc.communicate(timeout=240)
         assert "exit=3" in err, err  # each loop ends on "nothing to claim"
-        claimed += [(json.loads(line)["experiment_id"], f"p{n}") for line in out.splitlines()]
+        rows = [json.loads(line) for line in out.splitlines()]
+        # every claim answers with one JSON document; the last one says none was left
+        assert rows and rows[-1]["claimed"] is False and rows[-1]["experiment_id"] is None
+        claimed += [(row["experiment_id"], f"p{n}") for row in rows[:-1] if row["claimed"]]
+        assert all(row["claimed"] for row in rows[:-1]), rows
     won = [eid for eid, _ in claimed]
     assert sorted(won) == sorted(ids)  # all of them, each exactly once
     lab.fold(always=True)
