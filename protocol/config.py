@@ -64,6 +64,39 @@ class HfJobsConfig:
 
 
 @dataclass(frozen=True)
+class LlmConfig:
+    """``[llm]``: the chat endpoint the ``llm`` proposer asks for experiments.
+
+    Every field can be overridden by a planner flag of the same name.
+    """
+
+    model: str | None = None  # sent with every call (the endpoint's default when unset)
+    base_url: str | None = None  # an OpenAI-compatible server (e.g. http://127.0.0.1:8000/v1)
+    provider: str | None = None  # a Hugging Face inference provider, when no base_url
+    api_key_env: str = "HF_TOKEN"  # the environment variable holding the key
+    max_tokens: int = 4096
+    temperature: float = 0.7
+    timeout: float = 120.0  # seconds per call
+    retries: int = 2  # times a refused answer goes back to the model with the reason
+    context_chars: int = 30000  # how much of the lab the prompt may carry
+    usd_per_mtok_in: float = 0.0  # price of a million prompt tokens (spend reports)
+    usd_per_mtok_out: float = 0.0  # price of a million completion tokens
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """``[agent]``: a coding agent's command line, run in a worktree of ``main``.
+
+    ``command`` is split like a shell line, then ``{prompt}``, ``{prompt_file}`` and
+    ``{workdir}`` are substituted in each word (never through a shell).
+    """
+
+    command: str = ""
+    timeout: float = 900.0  # seconds before the agent is killed (its edits discarded)
+    env: tuple[str, ...] = ()  # names of environment variables passed through to it
+
+
+@dataclass(frozen=True)
 class LabConfig:
     """Typed view of ``autolab.toml``."""
 
@@ -82,6 +115,8 @@ class LabConfig:
     floor: float | None = None
     hf_jobs: HfJobsConfig = field(default_factory=HfJobsConfig)
     allow_binary: bool = False  # [paths] binary: patches may carry binary files
+    llm: LlmConfig = field(default_factory=LlmConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
 
     def better(self, candidate: float, best: float | None) -> bool:
         """True if ``candidate`` beats ``best`` by at least ``policy.min_delta``."""
@@ -159,6 +194,8 @@ _SCHEMA: dict[str, dict[str, tuple[_Types, bool]]] = {
     "paths": {"editable": (list, True), "protected": (list, False), "binary": (bool, False)},
     "policy": _section_schema(Policy),
     "hf_jobs": _section_schema(HfJobsConfig),
+    "llm": _section_schema(LlmConfig),
+    "agent": _section_schema(AgentConfig),
 }
 _KNOB_KEYS = {key: types for key, (types, _) in _section_schema(Knob, skip=("name",)).items()}
 
@@ -263,6 +300,8 @@ def parse_config(text: str) -> LabConfig:
         policy=pol,
         knobs=_parse_knobs(raw.get("knobs", {}), tuple(paths["editable"])),
         hf_jobs=_parse_hf_jobs(values["hf_jobs"]),
+        llm=_parse_llm(values["llm"]),
+        agent=_parse_agent(values["agent"]),
     )
 
 
@@ -299,6 +338,35 @@ def _parse_hf_jobs(body: dict[str, Any]) -> HfJobsConfig:
     if "timeout" in body and not body["timeout"] > 0:
         raise _fail("hf_jobs.timeout", "a positive number of seconds", body["timeout"])
     return _from_section(HfJobsConfig, body)
+
+
+def _parse_llm(body: dict[str, Any]) -> LlmConfig:
+    llm: LlmConfig = _from_section(LlmConfig, body)
+    for key in ("max_tokens", "timeout", "context_chars"):
+        if not getattr(llm, key) > 0:
+            raise _fail(f"llm.{key}", "a positive number", getattr(llm, key))
+    for key in ("retries", "temperature", "usd_per_mtok_in", "usd_per_mtok_out"):
+        if getattr(llm, key) < 0:
+            raise _fail(f"llm.{key}", "a number >= 0", getattr(llm, key))
+    if llm.base_url is not None and not llm.base_url.startswith(("http://", "https://")):
+        raise _fail("llm.base_url", "an http:// or https:// URL", llm.base_url)
+    return llm
+
+
+def _parse_agent(body: dict[str, Any]) -> AgentConfig:
+    import shlex
+
+    for item in body.get("env", []):
+        if not isinstance(item, str) or not item.isidentifier():
+            raise _fail("agent.env", "a list of environment variable names", item)
+    agent: AgentConfig = _from_section(AgentConfig, body)
+    try:
+        shlex.split(agent.command)
+    except ValueError as exc:
+        raise _fail("agent.command", f"a command line ({exc})", agent.command) from None
+    if not agent.timeout > 0 or math.isinf(agent.timeout):
+        raise _fail("agent.timeout", "a positive number of seconds", agent.timeout)
+    return agent
 
 
 def _parse_knobs(raw: Any, editable: tuple[str, ...]) -> dict[str, Knob]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Columns added after version 1, by table: a shard of an older version lacks them and
 # is read with nulls there (readers accept every version up to SCHEMA_VERSION).
 ADDED_IN: dict[str, dict[str, int]] = {
     "scores": {"flavor": 2, "job_seconds": 2, "cost_usd": 2, "log_ref": 2},
-    "queue": {"cost_usd": 2},
+    "queue": {"cost_usd": 2, "proposer": 3, "model": 3, "prompt_tokens": 3,
+              "completion_tokens": 3, "llm_usd": 3},
 }
 TABLES = ("queue", "scores", "ideas")
 
@@ -50,6 +51,13 @@ QUEUE = pa.schema(
         pa.field("backend", pa.string()),
         pa.field("job_id", pa.string()),
         pa.field("cost_usd", pa.float64()),  # what an attempt ended without a score cost
+        # A proposal's origin: the proposer ("space", "llm", "agent", "cli"), the model,
+        # and what asking it cost (every call of the proposal, retries included).
+        pa.field("proposer", pa.string()),
+        pa.field("model", pa.string()),
+        pa.field("prompt_tokens", pa.int64()),
+        pa.field("completion_tokens", pa.int64()),
+        pa.field("llm_usd", pa.float64()),
     ],
     metadata={"autolab.table": "queue", "autolab.schema_version": str(SCHEMA_VERSION)},
 )

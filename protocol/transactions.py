@@ -48,6 +48,20 @@ class Proposal:
     hypothesis: str
     patch: str
     priority: float = 1.0
+    # Where it came from, recorded on the ``proposed`` row: any of ``proposer``,
+    # ``model``, ``prompt_tokens``, ``completion_tokens``, ``llm_usd``.
+    origin: dict[str, Any] = field(default_factory=dict)
+
+
+ORIGIN_COLUMNS = ("proposer", "model", "prompt_tokens", "completion_tokens", "llm_usd")
+REFUSED_PATCH_CHARS = 20_000  # a refused proposal's patch is kept only this long
+
+
+def _origin(proposal: Proposal) -> dict[str, Any]:
+    unknown = set(proposal.origin) - set(ORIGIN_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown proposal origin fields: {sorted(unknown)}")
+    return dict(proposal.origin)
 
 
 def propose(lab: Lab, proposals: list[Proposal]) -> list[str | None]:
@@ -78,7 +92,7 @@ def propose(lab: Lab, proposals: list[Proposal]) -> list[str | None]:
             rows.append({
                 "experiment_id": eid, "event": "proposed", "at": now(),
                 "parent_commit": view.main, "patch": p.patch, "patch_hash": digest,
-                "hypothesis": p.hypothesis, "priority": float(p.priority),
+                "hypothesis": p.hypothesis, "priority": float(p.priority), **_origin(p),
             })
         if not rows:
             return None
@@ -91,6 +105,34 @@ def propose(lab: Lab, proposals: list[Proposal]) -> list[str | None]:
         return [None] * len(proposals)
     lab.fold(view)
     return ids
+
+
+def refuse(lab: Lab, proposal: Proposal, reason: str) -> str:
+    """Record a proposal that was not accepted (its patch broke a rule, or its proposer
+    gave no usable answer): a ``proposed`` row and a ``failed`` row in one commit, so the
+    attempt, its cost and the reason stay in the lab (proposers read them back) while
+    no worker ever claims it. The patch is stored as text only, never applied, and
+    truncated to ``REFUSED_PATCH_CHARS``. Returns the experiment id.
+    """
+    patch = proposal.patch[:REFUSED_PATCH_CHARS]
+
+    def decide(view: LabView) -> MainChange:
+        eid = f"{len(view.state.experiments) + 1:04d}"
+        stamp = now()
+        rows = [
+            {"experiment_id": eid, "event": "proposed", "at": stamp,
+             "parent_commit": view.main, "patch": patch, "patch_hash": normalized_hash(patch),
+             "hypothesis": proposal.hypothesis, "priority": float(proposal.priority),
+             **_origin(proposal)},
+            {"experiment_id": eid, "event": "failed", "at": stamp,
+             "reason": redact(f"refused: {reason}")[:2000]},
+        ]
+        return MainChange(message=f"refuse proposal {eid}: {reason[:60]}",
+                          rows={"queue": rows}, result=eid)
+
+    view, _, eid = lab.commit_main(decide)
+    lab.fold(view)
+    return eid
 
 
 # -- claim -----------------------------------------------------------------------------

@@ -96,3 +96,41 @@ def spend(view: LabView) -> dict[str, Any]:
 
 def _seq(row: dict[str, Any]) -> float:
     return float("inf") if row["seq"] is None else row["seq"]
+
+
+def llm_spend(view: LabView) -> dict[str, Any]:
+    """What asking models and coding agents for proposals cost, from the ``proposed``
+    queue rows (refused proposals included: their calls were paid for too).
+
+    Shape::
+
+        {"proposals": int, "prompt_tokens": int, "completion_tokens": int,
+         "usd": float | null, "models": [str], "by_proposer": {str: int}}
+
+    ``proposals`` counts rows proposed by a model or an agent; ``usd`` is null when no
+    row carries a price (``[llm] usd_per_mtok_in/out`` unset).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    queue = view.table("queue", lean=True)
+    proposed = queue.filter(pc.equal(queue.column("event"), "proposed"))
+    by_proposer: dict[str, int] = defaultdict(int)
+    for name in proposed.column("proposer").to_pylist():
+        by_proposer[name or "unknown"] += 1
+    asked = proposed.filter(pc.is_in(proposed.column("proposer"),
+                                     value_set=pa.array(["llm", "agent"], pa.string())))
+    priced = asked.column("llm_usd").drop_null()
+
+    def total(name: str) -> int:
+        value = pc.sum(asked.column(name)).as_py()
+        return int(value or 0)
+
+    return {
+        "proposals": asked.num_rows,
+        "prompt_tokens": total("prompt_tokens"),
+        "completion_tokens": total("completion_tokens"),
+        "usd": float(pc.sum(priced).as_py()) if len(priced) else None,
+        "models": sorted({m for m in asked.column("model").to_pylist() if m}),
+        "by_proposer": dict(by_proposer),
+    }

@@ -26,7 +26,9 @@ Shape (``--json``)::
                "per_experiment": [{"experiment_id": str, "cost_usd": float, "runs": int,
                                    "flavors": [str]}],
                "per_promotion": [{"experiment_id": str, "metric": float,
-                                  "cost_usd": float, "runs": int}]}}
+                                  "cost_usd": float, "runs": int}]},
+     "llm": {"proposals": int, "prompt_tokens": int, "completion_tokens": int,
+             "usd": float | null, "models": [str], "by_proposer": {str: int}}}
 
 ``queue_depth`` is the number of queued experiments; ``running`` lists the claimed
 ones, the lease that runs out first first (``lease_left_s`` is negative once it has
@@ -38,8 +40,10 @@ while there is room: ``best - floor`` for a min metric, ``floor - best`` for max
 not ``ok`` (``crash``, ``timeout``, ``invalid``), or ``failed`` for an experiment whose
 attempts ran out (leases expired ``max_attempts`` times); ``failure_reasons`` gives
 the most common reasons, word for word. ``spend`` is what runs on paid compute cost
-(:mod:`autolab.scoreboard.spend`). ``quarantined_records`` are record refs left out of
-the fold as invalid (:mod:`autolab.protocol.records`) until ``autolab doctor --fix`` or
+(:mod:`autolab.scoreboard.spend`), ``llm`` what proposing with models and coding
+agents cost (tokens, and dollars where ``[llm]`` gives prices).
+``quarantined_records`` are record refs left out of the fold
+as invalid (:mod:`autolab.protocol.records`) until ``autolab doctor --fix`` or
 a reporter moves them aside. Times are ISO 8601 strings.
 """
 
@@ -64,7 +68,7 @@ def status(view: LabView, *, recent: int = 10) -> dict[str, Any]:
     from autolab.protocol.errors import shown
     from autolab.protocol.redact import redact
     from autolab.scoreboard.lineage import hypotheses_of
-    from autolab.scoreboard.spend import spend
+    from autolab.scoreboard.spend import llm_spend, spend
 
     config, folded = view.config, view.folded()
     exps, scores = folded.experiments, folded.scores
@@ -110,6 +114,7 @@ def status(view: LabView, *, recent: int = 10) -> dict[str, Any]:
                                  "reason": shown(redact(b.reason))}
                                 for b in view.quarantined],
         "spend": spend(view),
+        "llm": llm_spend(view),
     }
 
 

@@ -37,6 +37,14 @@ IntervalOpt = Annotated[float, typer.Option(
     help=f"Pause between rounds with --loop ({DURATION_HELP}).")]
 
 
+class ProposerKind(StrEnum):
+    """What a planner proposes with."""
+
+    space = "space"
+    llm = "llm"
+    agent = "agent"
+
+
 class Backend(StrEnum):
     """Where a worker's runs happen."""
 
@@ -200,11 +208,28 @@ def planner(
     lab: LabOpt = None, agent: AgentOpt = None, once: OnceOpt = False, loop: LoopOpt = False,
     depth: Annotated[int, typer.Option(help="Target number of queued experiments.")] = 4,
     interval: IntervalOpt = "2s",  # type: ignore[assignment]
+    proposer: Annotated[ProposerKind, typer.Option(
+        help="space: one-knob mutations of [knobs]; llm: a chat model ([llm]); agent: a "
+        "coding agent's edits ([agent]).")] = ProposerKind.space,
+    model: Annotated[str | None, typer.Option(
+        help="llm: model id (default [llm].model).", show_default=False)] = None,
+    base_url: Annotated[str | None, typer.Option(
+        help="llm: an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (default "
+        "[llm].base_url).", show_default=False)] = None,
+    provider: Annotated[str | None, typer.Option(
+        help="llm: a Hugging Face inference provider, when no base URL (default "
+        "[llm].provider).", show_default=False)] = None,
+    agent_command: Annotated[str | None, typer.Option(
+        help="agent: the coding agent's command line, with {prompt}, {prompt_file} or "
+        "{workdir} (default [agent].command).", show_default=False)] = None,
     as_json: EventsJsonOpt = False, quiet: QuietOpt = False, verbose: VerboseOpt = False,
 ) -> None:
-    """Keep the queue at --depth with one-knob proposals of the current best; reap leases.
+    """Keep the queue at --depth with proposals of the current best; reap leases.
 
-    Logs one dated line per event (-q, -v); --json prints JSON lines instead.
+    --proposer llm asks a chat model for a hypothesis and a diff (docs/agents.md); a
+    refused answer goes back to the model, then is recorded as a failed proposal.
+    --proposer agent runs a coding agent in a worktree of main; its edits become the
+    patch. Logs one dated line per event (-q, -v); --json prints JSON lines instead.
     """
     from autolab.agents.planner import plan_once
 
@@ -212,9 +237,52 @@ def planner(
     verbosity(quiet, verbose)
     the_lab = open_lab(lab, agent)
     log = agent_log("planner", the_lab.agent, as_json, quiet, verbose)
+    chosen = _proposer(the_lab, proposer, log, model=model, base_url=base_url,
+                       provider=provider, agent_command=agent_command)
+
+    def round_() -> None:
+        from autolab.agents.proposers.llm import LlmUnavailable
+
+        try:
+            plan_once(the_lab, depth, log, proposer=chosen)
+        except LlmUnavailable as exc:
+            if not loop:
+                raise
+            from autolab.agents.events import WARNING, emit
+
+            emit(log, "llm_unavailable", f"{exc}: trying again next round", level=WARNING,
+                 reason=str(exc))
+
     with lifetime(log, once=once, loop=loop, lab=the_lab.store.url, depth=depth,
-                  interval_s=interval):
-        _rounds(once, loop, interval, lambda: plan_once(the_lab, depth, log))
+                  interval_s=interval, proposer=proposer.value):
+        _rounds(once, loop, interval, round_)
+
+
+def _proposer(the_lab: Any, kind: ProposerKind, log: AgentLog, **flags: str | None) -> Any:
+    """The proposer ``kind`` names, configured by the lab's ``autolab.toml`` and ``flags``
+    (None for the built-in knob search)."""
+    import dataclasses
+
+    if kind is ProposerKind.space:
+        return None
+    config = the_lab.read().config
+    if kind is ProposerKind.llm:
+        from autolab.agents.proposers.llm import LlmProposer
+
+        given = {k: v for k, v in flags.items() if k in ("model", "base_url", "provider")
+                 and v is not None}
+        if given.get("base_url") and not given["base_url"].startswith(("http://", "https://")):
+            from autolab.protocol.errors import UsageError
+
+            raise UsageError(f"--base-url {given['base_url']!r}: expected an http:// or "
+                             "https:// URL")
+        return LlmProposer(dataclasses.replace(config.llm, **given), say=log)
+    from autolab.agents.proposers.coding_agent import AgentProposer
+
+    command = flags.get("agent_command")
+    settings = config.agent if command is None else dataclasses.replace(config.agent,
+                                                                       command=command)
+    return AgentProposer(settings, say=log)
 
 
 def reporter(

@@ -63,7 +63,8 @@ def propose(
     if text is None:
         text = _knob_patch(the_lab, set_ or [])
     try:
-        ids = do_propose(the_lab, [Proposal(hypothesis, text, priority)])
+        ids = do_propose(the_lab, [Proposal(hypothesis, text, priority,
+                                            origin={"proposer": "cli"})])
     except PatchError as exc:
         if patch is None:
             raise

@@ -109,6 +109,13 @@ def status(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
             table.add_row(e["experiment_id"], f"{e['cost_usd']:.4f}", str(e["runs"]),
                           ", ".join(e["flavors"]))
         console.print(table)
+    llm = data["llm"]
+    if llm["proposals"]:
+        usd = f", ${llm['usd']:.4f}" if llm["usd"] is not None else ""
+        models = f" ({', '.join(llm['models'])})" if llm["models"] else ""
+        console.print(f"LLM proposals: {llm['proposals']}{models}, {llm['prompt_tokens']} "
+                      f"prompt + {llm['completion_tokens']} completion tokens{usd}; compute "
+                      f"${cost['total_usd']:.4f}", highlight=False)
 
 
 def leaderboard(

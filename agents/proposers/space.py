@@ -18,6 +18,7 @@ from autolab.protocol.patches import normalized_hash
 from autolab.protocol.transactions import Proposal
 
 BASELINE_HYPOTHESIS = "baseline: measure main as it is, so that changes have a reference"
+SPACE = {"proposer": "space"}
 
 
 def current_values(config: LabConfig, files: dict[str, str]) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def propose_space(config: LabConfig, files: dict[str, str], tried: set[str], cou
     out: list[Proposal] = []
     seen = set(tried)
     if baseline and normalized_hash("") not in seen:
-        out.append(Proposal(BASELINE_HYPOTHESIS, "", priority=100.0))
+        out.append(Proposal(BASELINE_HYPOTHESIS, "", priority=100.0, origin=SPACE))
         seen.add(normalized_hash(""))
     values = current_values(config, files)
     names = [n for n in config.knobs if values.get(n) is not None]
@@ -110,5 +111,5 @@ def propose_space(config: LabConfig, files: dict[str, str], tried: set[str], cou
         if digest in seen:
             continue
         seen.add(digest)
-        out.append(Proposal(hypothesis(name, values[name], new), patch))
+        out.append(Proposal(hypothesis(name, values[name], new), patch, origin=SPACE))
     return out
