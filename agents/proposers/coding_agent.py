@@ -11,9 +11,11 @@ Nothing the agent left is trusted: its own ``.git`` is never read. What it chang
 found by a private git directory outside the worktree, made before the agent starts,
 where a sandboxed agent cannot see it (a repository the agent could write would let
 it run code through git's hooks or config when read back). What the lab's
-``.gitignore`` ignores is left out. The diff then goes through the same judge as every patch,
-and a diff holding the value of any variable given to the agent is refused without
-being stored.
+``.gitignore`` ignores is left out, and so are new files outside the editable paths
+(a chat history, a cache): they never reach the lab. Every other change goes through
+the same judge as every patch (an edit of a protected file refuses the proposal), and
+a diff holding the value of any variable given to the agent is refused without being
+stored.
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ from autolab.agents.proposers.base import Outcome
 from autolab.agents.proposers.context import build_context, render
 from autolab.protocol.errors import AutoLabError, PatchError
 from autolab.protocol.git_cli import run_git
-from autolab.protocol.patch_judge import judge_patch
+from autolab.protocol.patch_judge import judge_patch, path_rule
 from autolab.protocol.patches import normalized_hash
 from autolab.protocol.redact import redact
 from autolab.protocol.transactions import Proposal
 
 if TYPE_CHECKING:
-    from autolab.protocol.config import AgentConfig
+    from autolab.protocol.config import AgentConfig, LabConfig
     from autolab.protocol.lab import Lab
     from autolab.protocol.reader import LabView
 
@@ -57,11 +59,13 @@ _GIT = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
         "-c", "commit.gpgsign=false", "-c", "core.autocrlf=false")
 
 
-def _private_git_env() -> dict[str, str]:
-    """Git reading the agent's worktree with no configuration but ours."""
+def _private_git_env(private: Path) -> dict[str, str]:
+    """Git reading the agent's worktree with no configuration but ours: no system
+    config, and a global one that does not exist, in the private directory (never a
+    shared file such as /dev/null, which a config write would replace)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, LC_ALL="C",
-               GIT_TERMINAL_PROMPT="0")
+    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=str(private.parent / "no-config"),
+               LC_ALL="C", GIT_TERMINAL_PROMPT="0")
     return env
 
 
@@ -118,10 +122,11 @@ class AgentProposer:
                 Worktree.fill(work, lab.store, view.main, {})
                 base = self._snapshot(private, work, initial=True)
                 # Agents that want a repository (aider, codex) get one of their own.
-                run_git([*_GIT, "init", "-q"], cwd=work, env=_private_git_env())
-                run_git([*_GIT, "add", "-A"], cwd=work, env=_private_git_env())
+                own = _private_git_env(private)
+                run_git([*_GIT, "init", "-q"], cwd=work, env=own)
+                run_git([*_GIT, "add", "-A"], cwd=work, env=own)
                 run_git([*_GIT, "commit", "-q", "-m", "main"], cwd=work,
-                        env=_private_git_env())
+                        env=own)
                 home = scratch / "home"
                 home.mkdir()
                 prompt_file = scratch / "prompt.md"
@@ -143,12 +148,17 @@ class AgentProposer:
                 if result.returncode not in (0, None):
                     return self._refused(hypothesis, "", origin,
                                          f"the agent failed: {result.reason}")
-                patch = self._diff(private, work, base)
+                patch, dropped = self._diff(private, work, base, view.config)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
             shutil.rmtree(private.parent, ignore_errors=True)
+        if dropped:
+            emit(self.say, "agent_files_dropped",
+                 f"left out {len(dropped)} new file(s) outside the editable paths: "
+                 f"{', '.join(dropped[:5])}", level=WARNING, paths=dropped[:50])
         if not patch.strip():
-            return self._refused(hypothesis, "", origin, "the agent changed nothing")
+            return self._refused(hypothesis, "", origin,
+                                 "the agent changed no editable file")
         leaked = [k for k, v in passed.items() if len(v) >= 6 and v in patch]
         if leaked or redact(patch) != patch:
             names = ", ".join(leaked) or "a token"
@@ -171,7 +181,7 @@ class AgentProposer:
     @staticmethod
     def _snapshot(private: Path, work: Path, *, initial: bool = False) -> str:
         """Commit ``work``'s files into the private repository ``private``; the commit id."""
-        env = _private_git_env()
+        env = _private_git_env(private)
         git = [*_GIT, "--git-dir", str(private), "--work-tree", str(work)]
         if initial:
             run_git([*_GIT, "init", "-q", "--bare", str(private)], env=env)
@@ -184,11 +194,31 @@ class AgentProposer:
         return run_git([*git, "rev-parse", "HEAD"], cwd=work, env=env).stdout.strip()
 
     @classmethod
-    def _diff(cls, private: Path, work: Path, base: str) -> str:
+    def _diff(cls, private: Path, work: Path, base: str, config: LabConfig
+              ) -> tuple[str, list[str]]:
+        """The agent's changes as a patch, and the new files left out of it.
+
+        New files outside the editable paths (an agent's chat history, caches) are left
+        out: they never reach the lab. Every other change stays in, to be judged: an
+        edit of a file main has outside the editable paths refuses the proposal.
+        """
         after = cls._snapshot(private, work)
-        proc = run_git([*_GIT, "--git-dir", str(private), "diff", "--binary", "--no-renames",
-                        "--no-ext-diff", "--no-textconv", base, after],
-                       env=_private_git_env())
+        git = [*_GIT, "--git-dir", str(private)]
+        env = _private_git_env(private)
+        listed = run_git([*git, "diff", "--name-status", "--no-renames", "-z", base, after],
+                         env=env)
+        if listed.returncode != 0:
+            raise AutoLabError(f"cannot read the agent's changes: {listed.stderr.strip()}")
+        fields = listed.stdout.split("\0")
+        changes = list(zip(fields[0::2], fields[1::2], strict=False))
+        dropped = [path for status, path in changes
+                   if status == "A" and path_rule(path, config) is not None]
+        kept = [path for _, path in changes if path and path not in dropped]
+        if not kept:
+            return "", dropped
+        proc = run_git([*git, "diff", "--binary", "--no-renames", "--no-ext-diff",
+                        "--no-textconv", base, after, "--",
+                        *(f":(literal){path}" for path in kept)], env=env)
         if proc.returncode != 0:
             raise AutoLabError(f"cannot read the agent's changes: {proc.stderr.strip()}")
-        return proc.stdout
+        return proc.stdout, dropped
