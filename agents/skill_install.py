@@ -5,15 +5,14 @@ The skills ship as package data in ``skills/<name>/SKILL.md`` beside this module
 for the protocol (``autolab``: the loop, the commands, the rules) and one per role
 (``autolab-planner``, ``autolab-worker``...). Each is a directory named like its
 front matter's ``name``, as the Agent Skills format that all four agents read asks.
-Only the standard library is imported here: ``autolab skill`` must start fast.
+Every ``autolab`` command imports this module (the CLI's choices come from it): it
+imports nothing at the top but what the CLI has already loaded.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from autolab.protocol.errors import AutoLabError, shown
@@ -62,6 +61,8 @@ def skill_text(role: str | None = None) -> str:
 
 
 def _shipped(name: str) -> str:
+    from importlib import resources
+
     source = resources.files("autolab.agents") / "skills" / name / SKILL_FILE
     return source.read_text(encoding="utf-8")
 
@@ -90,7 +91,8 @@ def install(agent: str, directory: Path, *, force: bool = False) -> list[Install
     if agent not in PROJECT_DIRS:
         raise AutoLabError(f"unknown agent {agent!r}; choose one of {', '.join(PROJECT_DIRS)}")
     if not directory.is_dir():
-        raise AutoLabError(f"--dir {shown(str(directory))}: no such directory")
+        what = "not a directory" if directory.exists() else "no such directory"
+        raise AutoLabError(f"--dir {shown(str(directory))}: {what}")
     root = directory / PROJECT_DIRS[agent]
     plan: list[tuple[str, Path, str, str]] = []
     for name in skill_names():
@@ -122,6 +124,8 @@ def _status(path: Path, text: str) -> str:
 
 def _write(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` whole (a temporary file renamed over it)."""
+    import tempfile
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{SKILL_FILE}.", dir=path.parent)

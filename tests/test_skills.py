@@ -159,6 +159,13 @@ def _commands_with(flag: str) -> list:
     return found
 
 
+def test_the_choices_the_cli_names_are_the_skills_module_s():
+    from autolab.agents.cli import cmd_skill
+    from autolab.agents.skill_install import PROJECT_DIRS
+
+    assert tuple(PROJECT_DIRS) == cmd_skill.AGENTS and ROLES == cmd_skill.ROLES
+
+
 def test_the_protocol_skill_quotes_the_loop_and_each_role_its_commands():
     verbs = {argv[0] for argv in autolab_commands(skill_text())}
     assert {"propose", "claim", "submit", "promote", "status", "sql"} <= verbs

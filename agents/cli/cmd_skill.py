@@ -9,10 +9,13 @@ from typing import Annotated
 import typer
 
 from autolab.agents.cli.common import JsonOpt, print_json
-from autolab.agents.skill_install import PROJECT_DIRS, ROLES
 
-# Choices for --for and --role, from the (standard-library only) skills module.
-Agent = StrEnum("Agent", {name: name for name in PROJECT_DIRS})
+# The choices of --for and --role, named here rather than imported: every command pays
+# for what this module imports at start-up (a test keeps them equal to
+# autolab.agents.skill_install's PROJECT_DIRS and ROLES).
+AGENTS = ("claude", "codex", "opencode", "gemini")
+ROLES = ("planner", "worker", "reviewer", "researcher", "reporter")
+Agent = StrEnum("Agent", {name: name for name in AGENTS})
 Role = StrEnum("Role", {name: name for name in ROLES})
 
 skill_app = typer.Typer(
