@@ -5,8 +5,7 @@ The skills ship as package data in ``skills/<name>/SKILL.md`` beside this module
 for the protocol (``autolab``: the loop, the commands, the rules) and one per role
 (``autolab-planner``, ``autolab-worker``...). Each is a directory named like its
 front matter's ``name``, as the Agent Skills format that all four agents read asks.
-Every ``autolab`` command imports this module (the CLI's choices come from it): it
-imports nothing at the top but what the CLI has already loaded.
+Only ``autolab skill`` imports it, and it imports nothing heavy.
 """
 
 from __future__ import annotations
