@@ -56,6 +56,10 @@ CHOICES = {
     "schedule create --role": (["schedule", "create", "--role", "boss", "--every", "10m"],
                                ["planner", "worker", "reporter"]),
     "init --template": (["init", "x", "--template", "nope"], list(TEMPLATES)),
+    "skill install --for": (["skill", "install", "--for", "vim"],
+                            ["claude", "codex", "opencode", "gemini"]),
+    "skill show --role": (["skill", "show", "--role", "boss"],
+                          ["planner", "worker", "reviewer", "researcher", "reporter"]),
 }
 
 

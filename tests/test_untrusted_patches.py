@@ -216,6 +216,6 @@ def test_editable_paths_overlapping_protected_ones_are_a_config_error(editable, 
                                                                        word):
     text = (BLANK / "autolab.toml").read_text()
     text = text.replace('editable = ["experiment.py"]', f"editable = {editable}")
-    text = text.replace('protected = ["program.md"]', f"protected = {protected}")
+    text = text.replace('protected = ["program.md", "SKILL.md"]', f"protected = {protected}")
     with pytest.raises(ConfigError, match=word.replace("*", r"\*")):
         parse_config(text)
