@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autolab.agents.backends.base import Backend, HostError, RunRequest, RunResult
 from autolab.agents.events import DEBUG, WARNING, emit
@@ -31,6 +32,9 @@ from autolab.protocol.lab import Lab, now
 from autolab.protocol.patch_judge import judge_patch
 from autolab.protocol.redact import redact
 from autolab.protocol.store import FileChange
+
+if TYPE_CHECKING:
+    from autolab.protocol.reader import LabView
 
 # A job's running time is counted from this process's start (when it runs in a job).
 _STARTED = time.monotonic()
@@ -97,7 +101,8 @@ class Worker:
         # at once instead of waiting for its lease.
         with STOP.shielded():
             try:
-                claim = tx.claim(self.lab, backend=self.backend.name, notify=self._note_claim)
+                claim = tx.claim(self.lab, backend=self.backend.name, notify=self._note_claim,
+                                 skip_open=not self._writes())
             except NothingToDo:
                 return None
             if STOP.pending:
@@ -112,6 +117,13 @@ class Worker:
         finally:
             if self.host_claims is not None:
                 self.host_claims.forget(claim.experiment_id, claim.attempt)
+
+    def _writes(self) -> bool:
+        """Whether this worker takes open experiments: it runs locally and the lab names
+        a coding agent (``[agent] command``) to write them."""
+        if self.backend.name != "local":
+            return False
+        return bool(self.lab.read(max_age=30.0).config.agent.command.strip())
 
     def _note_claim(self, experiment_id: str, attempt: int, trying: bool) -> None:
         if self.host_claims is None:
@@ -166,7 +178,10 @@ class Worker:
             # Judged again here, on main's rules: a proposal may come from anyone.
             if not store.is_ancestor(parent, main):
                 raise PatchError(f"parent commit {parent[:12]} is not on main")
-            judged = judge_patch(store, parent, claim.patch, config)
+            patch = claim.patch
+            if claim.open:  # a hypothesis without a patch: the lab's coding agent writes it
+                patch = self._write(claim, parent, view)
+            judged = judge_patch(store, parent, patch, config)
         except PatchError as exc:
             return _Ran(RunResult("invalid", None, {}, str(exc), 0.0), None,
                         harness_hash(harness), started, config.metric)
@@ -188,6 +203,28 @@ class Worker:
             )
             result = self.backend.run(request)
         return _Ran(result, patch_commit, harness_hash(harness), started, config.metric)
+
+    def _write(self, claim: tx.Claim, parent: str, view: LabView) -> str:
+        """The patch ``[agent]``'s coding agent writes for the open experiment ``claim``.
+
+        Raises:
+            PatchError: the agent wrote nothing usable (the reason is the run's).
+        """
+        from autolab.agents.proposers.coding_agent import WRITE_TASK, write_change
+        from autolab.agents.proposers.context import build_context, render
+
+        if not view.config.agent.command.strip():
+            raise PatchError("an open experiment (no patch), and the lab names no coding "
+                             "agent ([agent] command) to write it")
+        ctx = build_context(self.lab, view)
+        ctx.files = {}
+        prompt = render(ctx, 60_000, WRITE_TASK.format(hypothesis=claim.hypothesis))
+        emit(self.say, "writing", f"the coding agent writes {claim.experiment_id}: "
+             f"{claim.hypothesis}", experiment_id=claim.experiment_id, attempt=claim.attempt)
+        edit = write_change(self.lab, parent, view.config, view.config.agent, prompt, self.say)
+        if edit.refused is not None:
+            raise PatchError(f"the coding agent's change: {edit.refused}")
+        return edit.patch
 
     def _record(self, claim: tx.Claim, start: float, ran: _Ran) -> Cycle:
         """Push the branch, record the score, promote it if it wins.

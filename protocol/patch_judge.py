@@ -136,12 +136,15 @@ def judge_patch(store: LabStore, parent: str, patch: str, config: LabConfig) -> 
 
 
 def result_commit_problem(store: LabStore, parent: str | None, patch: str, head: str,
-                          config: LabConfig) -> str | None:
+                          config: LabConfig, *, open_change: bool = False) -> str | None:
     """Why ``head`` is not a commit of exactly ``parent`` + ``patch`` (None: it is).
 
     A result names the commit that was measured; promotion merges it. It must descend
     from the experiment's parent, be another commit than it, and hold the very tree
-    git makes of parent + patch: nothing more, nothing else.
+    git makes of parent + patch: nothing more, nothing else. For an open experiment
+    (``open_change``: proposed as a hypothesis, its claimant wrote the change) there is
+    no patch to compare with: every path ``head`` changes from ``parent`` must pass
+    the rules a patch's paths do.
     """
     if not parent:
         return "the experiment records no parent commit"
@@ -149,6 +152,15 @@ def result_commit_problem(store: LabStore, parent: str | None, patch: str, head:
         return "its commit is the experiment's parent itself"
     if not store.is_ancestor(parent, head):
         return f"commit {head[:12]} does not descend from the experiment's parent {parent[:12]}"
+    if open_change:
+        changes = store.tree_changes(store.tree_of(parent), store.tree_of(head))
+        if not changes:
+            return f"commit {head[:12]} changes nothing from the experiment's parent"
+        try:
+            check_changes(store, changes, config)
+        except PatchError as exc:
+            return str(exc)
+        return None
     try:
         judged = judge_patch(store, parent, patch, config)
     except PatchError as exc:

@@ -156,3 +156,19 @@ def normalized_hash(patch: str) -> str:
             if body:
                 digest.update(line[0].encode() + body.encode() + b"\n")
     return digest.hexdigest()[:32]
+
+
+OPEN_PREFIX = "open:"
+
+
+def open_hash(hypothesis: str) -> str:
+    """The ``patch_hash`` of an open experiment: a hypothesis proposed without a patch,
+    whose claimant writes the change (two open proposals of the same hypothesis, blind
+    to case and spacing, are one)."""
+    text = " ".join(hypothesis.casefold().split())
+    return OPEN_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def is_open(patch_hash: str | None) -> bool:
+    """True for an open experiment's ``patch_hash`` (:func:`open_hash`)."""
+    return bool(patch_hash) and patch_hash.startswith(OPEN_PREFIX)  # type: ignore[union-attr]

@@ -24,7 +24,7 @@ from autolab.protocol.errors import (
 )
 from autolab.protocol.lab import Lab, MainChange, now, record_ref
 from autolab.protocol.patch_judge import judge_patch, promotable, result_commit_problem
-from autolab.protocol.patches import normalized_hash
+from autolab.protocol.patches import is_open, normalized_hash, open_hash
 from autolab.protocol.reader import LabView
 from autolab.protocol.redact import redact
 from autolab.protocol.schemas import SCORE_STATUSES, TABLES
@@ -51,6 +51,9 @@ class Proposal:
     # Where it came from, recorded on the ``proposed`` row: any of ``proposer``,
     # ``model``, ``prompt_tokens``, ``completion_tokens``, ``llm_usd``.
     origin: dict[str, Any] = field(default_factory=dict)
+    # A hypothesis without a patch: its claimant (a person, a coding agent) writes the
+    # change (``patch`` must be empty).
+    open: bool = False
 
 
 ORIGIN_COLUMNS = ("proposer", "model", "prompt_tokens", "completion_tokens", "llm_usd")
@@ -68,7 +71,8 @@ def propose(lab: Lab, proposals: list[Proposal]) -> list[str | None]:
     """Enqueue experiments in one commit; return their ids (None for duplicates).
 
     A proposal whose normalized patch hash matches any experiment that has not failed
-    (or an earlier proposal of the same batch) is dropped. Raises PatchError for a
+    (or an earlier proposal of the same batch) is dropped; an open proposal (no patch)
+    is dropped when the same hypothesis is open already. Raises PatchError for a
     patch that is not a diff, is too large, does not apply to ``main``, or (as git
     applies it) writes anything but editable paths (:mod:`autolab.protocol.patch_judge`).
     """
@@ -80,8 +84,13 @@ def propose(lab: Lab, proposals: list[Proposal]) -> list[str | None]:
         ids: list[str | None] = []
         rows = []
         for p in proposals:
-            judge_patch(lab.store, view.main, p.patch, config)
-            digest = normalized_hash(p.patch)
+            if p.open:
+                if p.patch:
+                    raise ValueError("an open proposal has no patch")
+                digest = open_hash(p.hypothesis)
+            else:
+                judge_patch(lab.store, view.main, p.patch, config)
+                digest = normalized_hash(p.patch)
             if digest in seen:
                 ids.append(None)
                 continue
@@ -151,18 +160,23 @@ class Claim:
     parent_commit: str | None
     main: str
 
+    @property
+    def open(self) -> bool:
+        """Proposed as a hypothesis without a patch: the claimant writes the change."""
+        return is_open(self.patch_hash)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "experiment_id": self.experiment_id, "attempt": self.attempt,
             "lease_until": self.lease_until.isoformat(), "hypothesis": self.hypothesis,
-            "patch": self.patch, "patch_hash": self.patch_hash,
+            "patch": self.patch, "patch_hash": self.patch_hash, "open": self.open,
             "parent_commit": self.parent_commit, "main": self.main,
         }
 
 
 def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
           lease_seconds: float | None = None, experiment_id: str | None = None,
-          max_age: float = 2.0,
+          max_age: float = 2.0, skip_open: bool = False,
           notify: Callable[[str, int, bool], None] | None = None) -> Claim:
     """Claim one queued experiment: weighted random among the claimable ones.
 
@@ -173,6 +187,7 @@ def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
     ``notify(experiment_id, attempt, trying)`` is called with ``trying=True`` just before
     each claim is pushed and with ``trying=False`` when that claim was lost: a worker
     notes on its host which process holds the claim before it can exist.
+    ``skip_open`` leaves open experiments (no patch) to agents that can write one.
 
     Raises:
         NothingToDo: nothing is claimable (exit code 3 in the CLI).
@@ -183,7 +198,8 @@ def claim(lab: Lab, *, backend: str | None = None, job_id: str | None = None,
     for n in lab.backoff.delays():
         view = lab.read(since=since, max_age=max_age if n == 0 else 0.0)
         since = time.time()
-        queued = [e for e in view.state.by_state("queued") if e.id not in lost]
+        queued = [e for e in view.state.by_state("queued") if e.id not in lost
+                  and not (skip_open and is_open(e.patch_hash))]
         if experiment_id is not None:
             queued = [e for e in queued if e.id == experiment_id]
         if not queued:
@@ -554,7 +570,8 @@ def promote(lab: Lab, experiment_id: str) -> Promotion:
         problem = checked.get(head)
         if problem is None:
             problem = checked[head] = result_commit_problem(
-                lab.store, exp.parent_commit, exp.patch, head, config) or ""
+                lab.store, exp.parent_commit, exp.patch, head, config,
+                open_change=is_open(exp.patch_hash)) or ""
         if problem:
             outcome.reason = problem
             return None

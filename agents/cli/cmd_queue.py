@@ -39,11 +39,16 @@ def propose(
                                                    "(repeatable) instead of a patch.")] = None,
     priority: Annotated[float, typer.Option(help="Claim weight (higher is claimed sooner).")
                         ] = 1.0,
+    open_: Annotated[bool, typer.Option("--open", help=(
+        "No patch: the claimant writes the change (`claim --worktree`, edit, `submit "
+        "--worktree`), or a worker's coding agent ([agent]) does."))] = False,
     lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
 ) -> None:
-    """Enqueue an experiment: a hypothesis and a patch (or knob edits) against main.
+    """Enqueue an experiment: a hypothesis and a patch (or knob edits) against main, or
+    with --open the hypothesis alone.
 
-    Exit code 3 when an experiment with the same patch exists (nothing proposed).
+    Exit code 3 when an experiment with the same patch (or the same open hypothesis)
+    exists (nothing proposed).
     """
     import math
 
@@ -52,8 +57,10 @@ def propose(
     from autolab.protocol.transactions import Proposal
     from autolab.protocol.transactions import propose as do_propose
 
-    if (patch is None) == (not set_):
-        raise UsageError("give exactly one of --patch FILE or --set NAME=VALUE")
+    if open_ and (patch is not None or set_):
+        raise UsageError("--open proposes the hypothesis alone: leave out --patch and --set")
+    if not open_ and (patch is None) == (not set_):
+        raise UsageError("give exactly one of --patch FILE, --set NAME=VALUE or --open")
     if not math.isfinite(priority):
         raise UsageError(f"--priority {priority}: expected a finite number")
     # Read before the lab is opened: a bad file fails at once, naming it.
@@ -61,10 +68,10 @@ def propose(
                                                   dash=True)
     the_lab = open_lab(lab, agent)
     if text is None:
-        text = _knob_patch(the_lab, set_ or [])
+        text = "" if open_ else _knob_patch(the_lab, set_ or [])
     try:
         ids = do_propose(the_lab, [Proposal(hypothesis, text, priority,
-                                            origin={"proposer": "cli"})])
+                                            origin={"proposer": "cli"}, open=open_)])
     except PatchError as exc:
         if patch is None:
             raise
@@ -212,12 +219,16 @@ def submit(
     config = view.config
     found, value, why = classify(metrics, config.metric, config.bounds)
     if record is not None:
-        from autolab.agents.manual import check_unchanged, push_branch
+        from autolab.agents.manual import check_unchanged, commit_edits, push_branch
 
         assert worktree is not None
-        check_unchanged(the_lab, record, worktree)
+        edited = None
+        if record.open:
+            edited = commit_edits(the_lab, record, worktree)
+        else:
+            check_unchanged(the_lab, record, worktree)
         branch_commit = push_branch(the_lab, record,
-                                    f"{status.value if status else found} (manual)")
+                                    f"{status.value if status else found} (manual)", edited)
     if branch_commit is not None:
         _check_branch_commit(the_lab, view, experiment, branch_commit)
     from autolab.protocol.harness import harness_files, harness_hash
@@ -254,7 +265,10 @@ def _check_branch_commit(the_lab, view, experiment: str, commit: str) -> None:  
     if head is None or not (head == commit or store.is_ancestor(commit, head)):
         raise AutoLabError(f"--branch-commit {commit[:12]} is not on {branch}; push it there "
                            "first")
-    problem = result_commit_problem(store, exp.parent_commit, exp.patch, commit, view.config)
+    from autolab.protocol.patches import is_open
+
+    problem = result_commit_problem(store, exp.parent_commit, exp.patch, commit, view.config,
+                                    open_change=is_open(exp.patch_hash))
     if problem:
         raise AutoLabError(f"--branch-commit: {problem}")
 

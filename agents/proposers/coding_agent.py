@@ -47,6 +47,13 @@ if TYPE_CHECKING:
 
 PROMPT_CHARS = 60_000  # one argv word may hold 128 KiB on Linux
 MAX_HYPOTHESIS = 500
+WRITE_TASK = """## Your task
+You are in a checkout of the experiment's parent. Implement exactly this hypothesis, and
+nothing else, by editing the editable files:
+{hypothesis}
+Do not run the training or the evaluation (the lab runs them), do not commit, and do not
+touch protected files. End your final message with one line:
+HYPOTHESIS: <the hypothesis, as you implemented it>"""
 TASK = """## Your task
 You are in a checkout of main. Make one experiment: edit the editable files to test one
 hypothesis that should improve the metric. Do not run the training or the evaluation
@@ -108,117 +115,136 @@ class AgentProposer:
         return outcomes
 
     def _one(self, lab: Lab, view: LabView, prompt: str, tried: set[str]) -> Outcome:
-        from autolab.agents.backends.base import RunRequest
-        from autolab.agents.backends.local import LocalBackend
-        from autolab.agents.worktree import Worktree, work_root
-
         origin = {"proposer": "agent", "model": self.config.command.split()[0]}
-        scratch = Path(tempfile.mkdtemp(prefix="autolab-agent-"))  # its HOME and prompt
-        # Under the work root, which a sandboxed agent cannot see (docs/security.md).
-        private = Path(tempfile.mkdtemp(prefix="agent-git-", dir=work_root())) / "git"
-        try:
-            with Worktree() as tree:
-                work = tree.path
-                Worktree.fill(work, lab.store, view.main, {})
-                base = self._snapshot(private, work, initial=True)
-                # Agents that want a repository (aider, codex) get one of their own.
-                own = _private_git_env(private)
-                run_git([*_GIT, "init", "-q"], cwd=work, env=own)
-                run_git([*_GIT, "add", "-A"], cwd=work, env=own)
-                run_git([*_GIT, "commit", "-q", "-m", "main"], cwd=work,
-                        env=own)
-                home = scratch / "home"
-                home.mkdir()
-                prompt_file = scratch / "prompt.md"
-                prompt_file.write_text(prompt)
-                words = command_words(self.config.command, prompt=prompt,
-                                      prompt_file=prompt_file, workdir=work)
-                passed = {k: os.environ[k] for k in self.config.env if k in os.environ}
-                env = {"HOME": str(home), **passed}
-                log = scratch / "agent.log"
-                result = LocalBackend(name="agent").run(RunRequest(
-                    command=shlex.join(words), workdir=work, timeout=self.config.timeout,
-                    env=env, log_path=log))
-                output = log.read_text(errors="replace") if log.exists() else ""
-                hypothesis = hypothesis_from(output) or "(the agent said nothing)"
-                if result.status == "timeout":
-                    return self._refused(hypothesis, "", origin,
-                                         f"the agent ran past {self.config.timeout:g}s "
-                                         "(its edits discarded)")
-                if result.returncode not in (0, None):
-                    return self._refused(hypothesis, "", origin,
-                                         f"the agent failed: {result.reason}")
-                patch, dropped = self._diff(private, work, base, view.config)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-            shutil.rmtree(private.parent, ignore_errors=True)
-        if dropped:
-            emit(self.say, "agent_files_dropped",
-                 f"left out {len(dropped)} new file(s) outside the editable paths: "
-                 f"{', '.join(dropped[:5])}", level=WARNING, paths=dropped[:50])
-        if not patch.strip():
-            return self._refused(hypothesis, "", origin,
-                                 "the agent changed no editable file")
-        leaked = [k for k, v in passed.items() if len(v) >= 6 and v in patch]
-        if leaked or redact(patch) != patch:
-            names = ", ".join(leaked) or "a token"
-            return self._refused(hypothesis, "", origin,
-                                 f"the agent's diff holds a secret ({names}); not stored")
-        try:
-            judge_patch(lab.store, view.main, patch, view.config)
-        except PatchError as exc:
-            return self._refused(hypothesis, patch, origin, str(exc))
-        if normalized_hash(patch) in tried:
-            return self._refused(hypothesis, patch, origin,
-                                 "the same change was already tried or is queued")
-        return Outcome(Proposal(hypothesis, patch, origin=origin))
+        edit = write_change(lab, view.main, view.config, self.config, prompt, self.say)
+        if edit.refused is None and normalized_hash(edit.patch) in tried:
+            edit.refused = "the same change was already tried or is queued"
+        if edit.refused is not None:
+            return self._refused(edit.hypothesis, edit.patch, origin, edit.refused)
+        return Outcome(Proposal(edit.hypothesis, edit.patch, origin=origin))
 
     def _refused(self, hypothesis: str, patch: str, origin: dict, reason: str) -> Outcome:
         emit(self.say, "agent_refused", f"agent proposal refused: {reason}", level=WARNING,
              reason=reason)
         return Outcome(Proposal(hypothesis, patch, origin=origin), refused=reason)
 
-    @staticmethod
-    def _snapshot(private: Path, work: Path, *, initial: bool = False) -> str:
-        """Commit ``work``'s files into the private repository ``private``; the commit id."""
-        env = _private_git_env(private)
-        git = [*_GIT, "--git-dir", str(private), "--work-tree", str(work)]
-        if initial:
-            run_git([*_GIT, "init", "-q", "--bare", str(private)], env=env)
-        # What the lab's .gitignore ignores (caches a run leaves) never becomes the patch.
-        run_git([*git, "add", "-A"], cwd=work, env=env)
-        proc = run_git([*git, "commit", "-q", "--allow-empty", "--no-verify", "-m", "snapshot"],
-                       cwd=work, env=env)
-        if proc.returncode != 0:
-            raise AutoLabError(f"cannot record the agent's worktree: {proc.stderr.strip()}")
-        return run_git([*git, "rev-parse", "HEAD"], cwd=work, env=env).stdout.strip()
 
-    @classmethod
-    def _diff(cls, private: Path, work: Path, base: str, config: LabConfig
-              ) -> tuple[str, list[str]]:
-        """The agent's changes as a patch, and the new files left out of it.
+@dataclass
+class AgentEdit:
+    """What a coding agent's run left: its hypothesis and patch, or why it is refused
+    (``patch`` is then what may be stored: empty when it held a secret)."""
 
-        New files outside the editable paths (an agent's chat history, caches) are left
-        out: they never reach the lab. Every other change stays in, to be judged: an
-        edit of a file main has outside the editable paths refuses the proposal.
-        """
-        after = cls._snapshot(private, work)
-        git = [*_GIT, "--git-dir", str(private)]
-        env = _private_git_env(private)
-        listed = run_git([*git, "diff", "--name-status", "--no-renames", "-z", base, after],
-                         env=env)
-        if listed.returncode != 0:
-            raise AutoLabError(f"cannot read the agent's changes: {listed.stderr.strip()}")
-        fields = listed.stdout.split("\0")
-        changes = list(zip(fields[0::2], fields[1::2], strict=False))
-        dropped = [path for status, path in changes
-                   if status == "A" and path_rule(path, config) is not None]
-        kept = [path for _, path in changes if path and path not in dropped]
-        if not kept:
-            return "", dropped
-        proc = run_git([*git, "diff", "--binary", "--no-renames", "--no-ext-diff",
-                        "--no-textconv", base, after, "--",
-                        *(f":(literal){path}" for path in kept)], env=env)
-        if proc.returncode != 0:
-            raise AutoLabError(f"cannot read the agent's changes: {proc.stderr.strip()}")
-        return proc.stdout, dropped
+    hypothesis: str
+    patch: str = ""
+    refused: str | None = None
+
+
+def write_change(lab: Lab, commit: str, lab_config: LabConfig, agent: AgentConfig,
+                 prompt: str, say: Callable[[str], None] = print) -> AgentEdit:
+    """Run the coding agent ``agent`` on ``commit``'s files with ``prompt``; its change.
+
+    The change is judged on ``lab_config``'s rules against ``commit`` (see the module
+    docstring for what is trusted and what is left out).
+    """
+    from autolab.agents.backends.base import RunRequest
+    from autolab.agents.backends.local import LocalBackend
+    from autolab.agents.worktree import Worktree, work_root
+
+    scratch = Path(tempfile.mkdtemp(prefix="autolab-agent-"))  # its HOME and prompt
+    # Under the work root, which a sandboxed agent cannot see (docs/security.md).
+    private = Path(tempfile.mkdtemp(prefix="agent-git-", dir=work_root())) / "git"
+    passed = {k: os.environ[k] for k in agent.env if k in os.environ}
+    try:
+        with Worktree() as tree:
+            work = tree.path
+            Worktree.fill(work, lab.store, commit, {})
+            base = _snapshot(private, work, initial=True)
+            # Agents that want a repository (aider, codex) get one of their own.
+            own = _private_git_env(private)
+            for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "main"]):
+                run_git([*_GIT, *args], cwd=work, env=own)
+            home = scratch / "home"
+            home.mkdir()
+            prompt_file = scratch / "prompt.md"
+            prompt_file.write_text(prompt)
+            words = command_words(agent.command, prompt=prompt, prompt_file=prompt_file,
+                                  workdir=work)
+            log = scratch / "agent.log"
+            result = LocalBackend(name="agent").run(RunRequest(
+                command=shlex.join(words), workdir=work, timeout=agent.timeout,
+                env={"HOME": str(home), **passed}, log_path=log))
+            output = log.read_text(errors="replace") if log.exists() else ""
+            hypothesis = hypothesis_from(output) or "(the agent said nothing)"
+            if result.status == "timeout":
+                return AgentEdit(hypothesis, refused=f"the agent ran past {agent.timeout:g}s "
+                                 "(its edits discarded)")
+            if result.returncode not in (0, None):
+                return AgentEdit(hypothesis, refused=f"the agent failed: {result.reason}")
+            patch, dropped = _diff(private, work, base, lab_config)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(private.parent, ignore_errors=True)
+    if dropped:
+        emit(say, "agent_files_dropped",
+             f"left out {len(dropped)} new file(s) outside the editable paths: "
+             f"{', '.join(dropped[:5])}", level=WARNING, paths=dropped[:50])
+    if not patch.strip():
+        return AgentEdit(hypothesis, refused="the agent changed no editable file")
+    leaked = [k for k, v in passed.items() if len(v) >= 6 and v in patch]
+    if leaked or redact(patch) != patch:
+        names = ", ".join(leaked) or "a token"
+        return AgentEdit(hypothesis, refused=f"the agent's diff holds a secret ({names}); "
+                         "not stored")
+    try:
+        judge_patch(lab.store, commit, patch, lab_config)
+    except PatchError as exc:
+        return AgentEdit(hypothesis, patch, refused=str(exc))
+    return AgentEdit(hypothesis, patch)
+
+
+# -- the private repository: made before the agent starts, read after it ends -----
+
+
+def _snapshot(private: Path, work: Path, *, initial: bool = False) -> str:
+    """Commit ``work``'s files into the private repository ``private``; the commit id."""
+    env = _private_git_env(private)
+    git = [*_GIT, "--git-dir", str(private), "--work-tree", str(work)]
+    if initial:
+        run_git([*_GIT, "init", "-q", "--bare", str(private)], env=env)
+    # What the lab's .gitignore ignores (caches a run leaves) never becomes the patch.
+    run_git([*git, "add", "-A"], cwd=work, env=env)
+    proc = run_git([*git, "commit", "-q", "--allow-empty", "--no-verify", "-m", "snapshot"],
+                   cwd=work, env=env)
+    if proc.returncode != 0:
+        raise AutoLabError(f"cannot record the agent's worktree: {proc.stderr.strip()}")
+    return run_git([*git, "rev-parse", "HEAD"], cwd=work, env=env).stdout.strip()
+
+
+def _diff(private: Path, work: Path, base: str, config: LabConfig
+          ) -> tuple[str, list[str]]:
+    """The agent's changes as a patch, and the new files left out of it.
+
+    New files outside the editable paths (an agent's chat history, caches) are left
+    out: they never reach the lab. Every other change stays in, to be judged: an
+    edit of a file main has outside the editable paths refuses the proposal.
+    """
+    after = _snapshot(private, work)
+    git = [*_GIT, "--git-dir", str(private)]
+    env = _private_git_env(private)
+    listed = run_git([*git, "diff", "--name-status", "--no-renames", "-z", base, after],
+                     env=env)
+    if listed.returncode != 0:
+        raise AutoLabError(f"cannot read the agent's changes: {listed.stderr.strip()}")
+    fields = listed.stdout.split("\0")
+    changes = list(zip(fields[0::2], fields[1::2], strict=False))
+    dropped = [path for status, path in changes
+               if status == "A" and path_rule(path, config) is not None]
+    kept = [path for _, path in changes if path and path not in dropped]
+    if not kept:
+        return "", dropped
+    proc = run_git([*git, "diff", "--binary", "--no-renames", "--no-ext-diff",
+                    "--no-textconv", base, after, "--",
+                    *(f":(literal){path}" for path in kept)], env=env)
+    if proc.returncode != 0:
+        raise AutoLabError(f"cannot read the agent's changes: {proc.stderr.strip()}")
+    return proc.stdout, dropped
