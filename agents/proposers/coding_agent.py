@@ -12,7 +12,8 @@ found by a private git directory outside the worktree, made before the agent sta
 where a sandboxed agent cannot see it (a repository the agent could write would let
 it run code through git's hooks or config when read back). What the lab's
 ``.gitignore`` ignores is left out, and so are new files outside the editable paths
-(a chat history, a cache): they never reach the lab. Every other change goes through
+(a chat history, a cache) and changes to git's own files (``.gitignore``): they never
+reach the lab. Every other change goes through
 the same judge as every patch (an edit of a protected file refuses the proposal), and
 a diff holding the value of any variable given to the agent is refused without being
 stored.
@@ -205,6 +206,15 @@ def write_change(lab: Lab, commit: str, lab_config: LabConfig, agent: AgentConfi
 # -- the private repository: made before the agent starts, read after it ends -----
 
 
+def _left_out(status: str, path: str, config: LabConfig) -> bool:
+    """Whether a change of the agent's is left out of the patch rather than judged: a
+    new file outside the editable paths, or any change to git's own files
+    (``.gitignore``, ``.gitattributes``: agents add their caches there). Neither can
+    reach the lab; every other change is judged (editing the harness refuses it)."""
+    why = path_rule(path, config)
+    return why is not None and (status == "A" or why.startswith("git's own files"))
+
+
 def _snapshot(private: Path, work: Path, *, initial: bool = False) -> str:
     """Commit ``work``'s files into the private repository ``private``; the commit id."""
     env = _private_git_env(private)
@@ -222,12 +232,7 @@ def _snapshot(private: Path, work: Path, *, initial: bool = False) -> str:
 
 def _diff(private: Path, work: Path, base: str, config: LabConfig
           ) -> tuple[str, list[str]]:
-    """The agent's changes as a patch, and the new files left out of it.
-
-    New files outside the editable paths (an agent's chat history, caches) are left
-    out: they never reach the lab. Every other change stays in, to be judged: an
-    edit of a file main has outside the editable paths refuses the proposal.
-    """
+    """The agent's changes as a patch, and the paths left out of it (:func:`_left_out`)."""
     after = _snapshot(private, work)
     git = [*_GIT, "--git-dir", str(private)]
     env = _private_git_env(private)
@@ -237,8 +242,7 @@ def _diff(private: Path, work: Path, base: str, config: LabConfig
         raise AutoLabError(f"cannot read the agent's changes: {listed.stderr.strip()}")
     fields = listed.stdout.split("\0")
     changes = list(zip(fields[0::2], fields[1::2], strict=False))
-    dropped = [path for status, path in changes
-               if status == "A" and path_rule(path, config) is not None]
+    dropped = [path for status, path in changes if _left_out(status, path, config)]
     kept = [path for _, path in changes if path and path not in dropped]
     if not kept:
         return "", dropped
