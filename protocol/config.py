@@ -10,7 +10,7 @@ import dataclasses
 import math
 import tomllib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import UnionType
 from typing import Any
 
@@ -64,6 +64,19 @@ class HfJobsConfig:
 
 
 @dataclass(frozen=True)
+class ResearchConfig:
+    """``[research]``: what ``autolab researcher`` searches for (docs/researcher.md).
+
+    The queries are searched besides the bullets of ``program.md``'s ``## Topics``
+    section; ``--query`` flags replace both.
+    """
+
+    queries: tuple[str, ...] = ()  # Hugging Face Papers searches, one per string
+    limit: int = 10  # papers taken per query
+    daily: bool = False  # also scan the latest daily papers for the topics
+
+
+@dataclass(frozen=True)
 class LabConfig:
     """Typed view of ``autolab.toml``."""
 
@@ -81,6 +94,7 @@ class LabConfig:
     bounds: tuple[float, float] | None = None
     floor: float | None = None
     hf_jobs: HfJobsConfig = field(default_factory=HfJobsConfig)
+    research: ResearchConfig = field(default_factory=ResearchConfig)
     allow_binary: bool = False  # [paths] binary: patches may carry binary files
 
     def better(self, candidate: float, best: float | None) -> bool:
@@ -159,6 +173,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Types, bool]]] = {
     "paths": {"editable": (list, True), "protected": (list, False), "binary": (bool, False)},
     "policy": _section_schema(Policy),
     "hf_jobs": _section_schema(HfJobsConfig),
+    "research": _section_schema(ResearchConfig),
 }
 _KNOB_KEYS = {key: types for key, (types, _) in _section_schema(Knob, skip=("name",)).items()}
 
@@ -263,6 +278,7 @@ def parse_config(text: str) -> LabConfig:
         policy=pol,
         knobs=_parse_knobs(raw.get("knobs", {}), tuple(paths["editable"])),
         hf_jobs=_parse_hf_jobs(values["hf_jobs"]),
+        research=_parse_research(values["research"]),
     )
 
 
@@ -299,6 +315,16 @@ def _parse_hf_jobs(body: dict[str, Any]) -> HfJobsConfig:
     if "timeout" in body and not body["timeout"] > 0:
         raise _fail("hf_jobs.timeout", "a positive number of seconds", body["timeout"])
     return _from_section(HfJobsConfig, body)
+
+
+def _parse_research(body: dict[str, Any]) -> ResearchConfig:
+    for item in body.get("queries", []):
+        if not isinstance(item, str) or not item.strip():
+            raise _fail("research.queries", "a list of non-empty strings", item)
+    if "limit" in body and not 1 <= body["limit"] <= 100:
+        raise _fail("research.limit", "an integer from 1 to 100", body["limit"])
+    config: ResearchConfig = _from_section(ResearchConfig, body)
+    return replace(config, queries=tuple(q.strip() for q in config.queries))
 
 
 def _parse_knobs(raw: Any, editable: tuple[str, ...]) -> dict[str, Knob]:

@@ -62,11 +62,12 @@ def _register() -> None:
         cmd_queue,
         cmd_read,
         cmd_report,
+        cmd_research,
         cmd_trackio,
     )
 
-    for module in (cmd_lab, cmd_queue, cmd_read, cmd_inspect, cmd_agents, cmd_hf, cmd_report,
-                   cmd_trackio):
+    for module in (cmd_lab, cmd_queue, cmd_read, cmd_inspect, cmd_agents, cmd_research, cmd_hf,
+                   cmd_report, cmd_trackio):
         module.register(app)
 
 
