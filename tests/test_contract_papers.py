@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -305,6 +309,36 @@ def test_a_failing_hub_is_exit_1_with_one_line_and_writes_nothing(lab_remote, se
     assert refused.returncode == 1 and len(refused.stderr.splitlines()) == 1, refused.stderr
     assert "Hugging Face Papers: search" in refused.stderr
     assert lab_remote.main() == main
+
+
+def test_a_looping_researcher_outlives_a_failing_hub(lab_remote, server, tmp_path):
+    server.fail(503, "Service Unavailable")
+    env = {**os.environ, "HF_ENDPOINT": server.endpoint, "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "autolab.agents.cli", "researcher", "--loop",
+                             "--interval", "0.2s", "--json", "--lab", lab_remote.url],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines: queue.Queue[dict] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(json.loads(line)) for line in proc.stdout],
+                     daemon=True).start()
+
+    def wait_for(name: str) -> dict:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            event = lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            if event["event"] == name:
+                return event
+        raise AssertionError(f"no {name} event")
+
+    try:
+        failed = wait_for("search_failed")
+        assert failed["level"] == "warning" and "503" in failed["reason"]
+        server.fail(None)
+        assert wait_for("researched")["new"] == 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, proc.stderr.read()
+    assert set(_found_rows(lab_remote.url)) == _ids(1, 2, 3, 5, 10)
 
 
 @pytest.fixture

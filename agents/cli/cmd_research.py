@@ -70,13 +70,9 @@ def researcher(
     verbosity(quiet, verbose)
     if query and from_file is not None:
         raise UsageError("give --query or --from-file, not both")
-    papers = None
-    if from_file is not None:
-        where = f"--from-file {shown(str(from_file))}"
-        papers = parse_papers(read_input(from_file, "--from-file", limit=PAPERS_FILE_LIMIT),
-                              where)
     the_lab = open_lab(lab, agent)
     log = agent_log("researcher", the_lab.agent, as_json, quiet, verbose)
+    papers = None
 
     def round_() -> None:
         try:
@@ -89,6 +85,9 @@ def researcher(
 
     with lifetime(log, once=once, loop=loop, lab=the_lab.store.url, interval_s=interval,
                   queries=list(query or ()), from_file=str(from_file) if from_file else None):
+        if from_file is not None:  # read once, before the first round: a bad line records nothing
+            text = read_input(from_file, "--from-file", limit=PAPERS_FILE_LIMIT)
+            papers = parse_papers(text, f"--from-file {shown(str(from_file))}")
         _rounds(once, loop, interval, round_)
 
 
