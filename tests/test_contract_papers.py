@@ -206,15 +206,15 @@ def test_researcher_records_the_topics_papers_once_and_a_rerun_nothing(lab_remot
 
 def test_two_researchers_at_once_record_each_paper_once(lab_remote, tmp_path):
     """Both search (slowly, so they overlap), read the same main and push at once: a
-    pre-receive barrier holds both pushes until both arrived, so one always loses the
-    compare-and-swap and must re-decide against the winner's papers."""
+    pre-receive barrier holds both pushes until both arrived (30 s at most), so one
+    always loses the compare-and-swap and must re-decide against the winner's papers."""
     hook = Path(lab_remote.bare) / "hooks" / "pre-receive"
     hook.write_text("""#!/bin/sh
 grep -q ' refs/heads/main$' || exit 0
 [ -e "$GIT_DIR/race-open" ] && exit 0
 mkdir -p "$GIT_DIR/race" && touch "$GIT_DIR/race/$$"
 n=0
-while [ "$(ls "$GIT_DIR/race" | wc -l)" -lt 2 ] && [ $n -lt 200 ]; do
+while [ "$(ls "$GIT_DIR/race" | wc -l)" -lt 2 ] && [ $n -lt 600 ]; do
   sleep 0.05; n=$((n + 1))
 done
 touch "$GIT_DIR/race-open"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,6 +26,9 @@ from autolab.agents.cli.common import (
     read_input,
     verbosity,
 )
+
+if TYPE_CHECKING:
+    from autolab.protocol.ideas import NewIdea
 
 PAPERS_FILE_LIMIT = 64 << 20  # bytes of --from-file
 
@@ -72,7 +75,7 @@ def researcher(
         raise UsageError("give --query or --from-file, not both")
     the_lab = open_lab(lab, agent)
     log = agent_log("researcher", the_lab.agent, as_json, quiet, verbose)
-    papers = None
+    papers: list[NewIdea] | None = None
 
     def round_() -> None:
         try:
