@@ -104,7 +104,11 @@ def _enqueue(lab: Lab, outcome: Outcome, say: Callable[[str], None]) -> list[str
                 emit(say, "proposed", f"proposed {eid}: {proposal.hypothesis}",
                      experiment_id=eid, hypothesis=proposal.hypothesis,
                      priority=proposal.priority, rationale=outcome.rationale or None,
-                     **spent)
+                     idea=outcome.idea, **spent)
+                if outcome.idea:
+                    from autolab.protocol.ideas import mark_used
+
+                    mark_used(lab, outcome.idea, eid)
                 return [eid]
             reason = "another planner proposed the same change first"
     eid = tx.refuse(lab, proposal, reason)

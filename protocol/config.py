@@ -10,7 +10,7 @@ import dataclasses
 import math
 import tomllib
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import UnionType
 from typing import Any
 
@@ -97,6 +97,19 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class ResearchConfig:
+    """``[research]``: what ``autolab researcher`` searches for (docs/researcher.md).
+
+    The queries are searched besides the bullets of ``program.md``'s ``## Topics``
+    section; ``--query`` flags replace both.
+    """
+
+    queries: tuple[str, ...] = ()  # Hugging Face Papers searches, one per string
+    limit: int = 10  # papers taken per query
+    daily: bool = False  # also scan the latest daily papers for the topics
+
+
+@dataclass(frozen=True)
 class LabConfig:
     """Typed view of ``autolab.toml``."""
 
@@ -114,6 +127,7 @@ class LabConfig:
     bounds: tuple[float, float] | None = None
     floor: float | None = None
     hf_jobs: HfJobsConfig = field(default_factory=HfJobsConfig)
+    research: ResearchConfig = field(default_factory=ResearchConfig)
     allow_binary: bool = False  # [paths] binary: patches may carry binary files
     llm: LlmConfig = field(default_factory=LlmConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -196,6 +210,7 @@ _SCHEMA: dict[str, dict[str, tuple[_Types, bool]]] = {
     "hf_jobs": _section_schema(HfJobsConfig),
     "llm": _section_schema(LlmConfig),
     "agent": _section_schema(AgentConfig),
+    "research": _section_schema(ResearchConfig),
 }
 _KNOB_KEYS = {key: types for key, (types, _) in _section_schema(Knob, skip=("name",)).items()}
 
@@ -302,6 +317,7 @@ def parse_config(text: str) -> LabConfig:
         hf_jobs=_parse_hf_jobs(values["hf_jobs"]),
         llm=_parse_llm(values["llm"]),
         agent=_parse_agent(values["agent"]),
+        research=_parse_research(values["research"]),
     )
 
 
@@ -367,6 +383,16 @@ def _parse_agent(body: dict[str, Any]) -> AgentConfig:
     if not agent.timeout > 0 or math.isinf(agent.timeout):
         raise _fail("agent.timeout", "a positive number of seconds", agent.timeout)
     return agent
+
+
+def _parse_research(body: dict[str, Any]) -> ResearchConfig:
+    for item in body.get("queries", []):
+        if not isinstance(item, str) or not item.strip():
+            raise _fail("research.queries", "a list of non-empty strings", item)
+    if "limit" in body and not 1 <= body["limit"] <= 100:
+        raise _fail("research.limit", "an integer from 1 to 100", body["limit"])
+    config: ResearchConfig = _from_section(ResearchConfig, body)
+    return replace(config, queries=tuple(q.strip() for q in config.queries))
 
 
 def _parse_knobs(raw: Any, editable: tuple[str, ...]) -> dict[str, Knob]:

@@ -17,9 +17,13 @@ ADDED_IN: dict[str, dict[str, int]] = {
     "scores": {"flavor": 2, "job_seconds": 2, "cost_usd": 2, "log_ref": 2},
     "queue": {"cost_usd": 2, "proposer": 3, "model": 3, "prompt_tokens": 3,
               "completion_tokens": 3, "llm_usd": 3},
+    "ideas": {"event": 3, "arxiv_id": 3, "link": 3, "query": 3, "experiment_id": 3},
 }
 TABLES = ("queue", "scores", "ideas")
 
+# An idea row is a finding (``found``; null in rows older than version 3) or a mark that
+# a proposer used an idea (``used``): see ``autolab.protocol.ideas``.
+IDEA_EVENTS = ("found", "used")
 QUEUE_EVENTS = ("proposed", "claimed", "launched", "released", "expired", "failed", "cancelled",
                 "promoted")
 SCORE_STATUSES = ("ok", "crash", "timeout", "invalid")
@@ -101,6 +105,11 @@ IDEAS = pa.schema(
         pa.field("body", pa.string()),
         pa.field("source", pa.string()),
         pa.field("tags", pa.list_(pa.string())),
+        pa.field("event", pa.string()),  # IDEA_EVENTS; null: found (older rows)
+        pa.field("arxiv_id", pa.string()),  # the paper's arXiv id, without version
+        pa.field("link", pa.string()),  # where the paper was found (its page)
+        pa.field("query", pa.string()),  # the search that found it
+        pa.field("experiment_id", pa.string()),  # a used row: the experiment it became
     ],
     metadata={"autolab.table": "ideas", "autolab.schema_version": str(SCHEMA_VERSION)},
 )

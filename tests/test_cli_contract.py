@@ -96,6 +96,7 @@ TIME_FLAGS = {
     "worker --interval": ["worker", "--interval"],
     "planner --interval": ["planner", "--interval"],
     "reporter --interval": ["reporter", "--interval"],
+    "researcher --interval": ["researcher", "--interval"],
     "swarm --duration": ["swarm", "--duration"],
     "demo --duration": ["demo", "--duration"],
     "demo --budget": ["demo", "--budget"],
@@ -177,7 +178,7 @@ def test_durations_parse_as_documented():
             parse_duration(bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("role", ["worker", "planner", "reporter"])
+@pytest.mark.parametrize("role", ["worker", "planner", "reporter", "researcher"])
 def test_once_and_loop_together_are_a_usage_error(daemon_remote, role):
     main = daemon_remote.main()
     for extra in ([], ["--json"], ["--backend", "hf-jobs"] if role == "worker" else []):

@@ -240,3 +240,27 @@ def test_answers_are_read_leniently_where_models_are_sloppy():
     diff = ("--- a/f\n+++ b/f\n@@ -1,7 +1,1 @@\n a\n-b\n+c\n\n d\n")
     fixed = recount_hunks(diff)
     assert "@@ -1,4 +1,4 @@" in fixed  # a blank line inside a hunk is a context line
+
+
+def test_the_llm_proposer_reads_open_ideas_and_marks_the_one_it_used(tmp_path, git_daemon):
+    from autolab.protocol.ideas import open_ideas
+
+    url = _lab(tmp_path, git_daemon)
+    _measured(url)
+    papers = tmp_path / "papers.jsonl"
+    papers.write_text(json.dumps({"id": "2401.00001", "title": "Minima at three",
+                                  "summary": "Quadratics are lowest at their vertex."}) + "\n")
+    proc = run_cli("researcher", "--once", "--lab", url, "--from-file", str(papers))
+    assert proc.returncode == 0, proc.stderr
+    (idea,) = open_ideas(Lab.open(url, "x").read())
+    answer = json.dumps({"hypothesis": "X to 3", "diff": _x_patch(3.0), "idea": idea.idea_id})
+    with ChatServer([Reply(answer)]) as server:
+        assert _plan(url, server).returncode == 0
+    prompt = server.answered()[0].messages[-1]["content"]
+    assert "Minima at three" in prompt and idea.idea_id in prompt
+    (row,) = [r for r in _proposed(url).values() if r["proposer"] == "llm"]
+    assert not open_ideas(Lab.open(url, "x").read())
+    from autolab.protocol.ideas import ideas
+
+    (used,) = ideas(Lab.open(url, "x").read())
+    assert used.used_by == [row["experiment_id"]]

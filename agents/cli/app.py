@@ -62,12 +62,13 @@ def _register() -> None:
         cmd_queue,
         cmd_read,
         cmd_report,
+        cmd_research,
         cmd_skill,
         cmd_trackio,
     )
 
-    for module in (cmd_lab, cmd_queue, cmd_read, cmd_inspect, cmd_agents, cmd_hf, cmd_report,
-                   cmd_trackio, cmd_skill):
+    for module in (cmd_lab, cmd_queue, cmd_read, cmd_inspect, cmd_agents, cmd_research, cmd_hf,
+                   cmd_report, cmd_trackio, cmd_skill):
         module.register(app)
 
 

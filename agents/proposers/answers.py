@@ -24,6 +24,7 @@ class Answer:
     hypothesis: str
     rationale: str
     diff: str
+    idea: str | None = None  # the id of the recorded idea it builds on
 
 
 def parse_answer(text: str) -> Answer:
@@ -37,9 +38,11 @@ def parse_answer(text: str) -> Answer:
         raise AnswerError('the JSON object has no "diff" string (a unified diff)')
     rationale = data.get("rationale")
     hypothesis = " ".join(hypothesis.split())[:MAX_HYPOTHESIS]
+    idea = data.get("idea")
     return Answer(hypothesis=hypothesis,
                   rationale=rationale.strip() if isinstance(rationale, str) else "",
-                  diff=recount_hunks(_unfence(diff)))
+                  diff=recount_hunks(_unfence(diff)),
+                  idea=idea.strip() if isinstance(idea, str) and idea.strip() else None)
 
 
 def _json_object(text: str) -> dict:

@@ -20,6 +20,7 @@ class Outcome:
     proposal: Proposal
     refused: str | None = None
     rationale: str = ""
+    idea: str | None = None  # a recorded idea it builds on (marked used once enqueued)
 
 
 class Proposer(Protocol):

@@ -92,7 +92,9 @@ def build_context(lab: Lab, view: LabView) -> LabContext:
             metric=result.get("metric"), reason=exp.reason or result.get("reason"),
             promoted=exp.promoted, diff=_cut(diffs.get(exp.id, ""), MAX_DIFF_CHARS))
 
-    ideas = [i for i in state.ideas if not i.get("used_by")][-8:]
+    from autolab.protocol.ideas import open_ideas
+
+    ideas = open_ideas(view)[-8:]
     return LabContext(
         name=config.name, metric=config.metric, direction=config.direction,
         editable=config.editable, protected=config.all_protected, program=program,
@@ -100,8 +102,8 @@ def build_context(lab: Lab, view: LabView) -> LabContext:
         best=past(state.experiments[best_id]) if best_id in state.experiments else None,
         history=[past(e) for e in finished], failures=[past(e) for e in failed],
         running=[e.hypothesis for e in exps if e.state in ("queued", "claimed")][-30:],
-        ideas=[{"title": i.get("title"), "body": _cut(i.get("body") or "", 600),
-                "source": i.get("source")} for i in ideas],
+        ideas=[{"id": i.idea_id, "title": i.title, "body": _cut(i.body or "", 600),
+                "source": i.link or i.source} for i in ideas],
     )
 
 
@@ -136,7 +138,8 @@ Propose exactly one experiment: one hypothesis, one change. Reply with one JSON 
 nothing else:
 {"hypothesis": "<one sentence: the change and why it should improve the metric>",
  "rationale": "<a few sentences>",
- "diff": "<a unified diff of main's files as shown, with --- a/PATH and +++ b/PATH headers>"}
+ "diff": "<a unified diff of main's files as shown, with --- a/PATH and +++ b/PATH headers>",
+ "idea": "<the id of the idea from papers it builds on, if any>"}
 The diff must apply to the files exactly as shown, and change only editable paths."""
 
 
@@ -193,7 +196,8 @@ def _render(ctx: LabContext, direction: str, program: str, history: list[PastExp
         parts.append("## Queued or running now (do not propose these again)\n"
                      + "\n".join(f"- {h}" for h in running))
     if ideas:
-        parts.append("## Ideas from papers\n" + "\n".join(
-            f"- {i['title']} ({i['source']}): {i['body']}" for i in ideas))
+        parts.append("## Ideas from papers (name the one you use as \"idea\": \"<id>\")\n"
+                     + "\n".join(f"- [{i['id']}] {i['title']} ({i['source']}): {i['body']}"
+                                  for i in ideas))
     parts.append(answer)
     return "\n\n".join(p for p in parts if p)

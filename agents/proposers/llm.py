@@ -137,8 +137,10 @@ class LlmProposer:
                              {"role": "user", "content": f"Refused: {reason}\nReply again "
                               "with one JSON object, fixing that."}]
                 continue
+            known = {i["id"] for i in ctx.ideas}
             return Outcome(replace(last, origin=spend.origin(self.config)),
-                           rationale=answer.rationale)
+                           rationale=answer.rationale,
+                           idea=answer.idea if answer.idea in known else None)
         return Outcome(replace(last, origin=spend.origin(self.config)),
                        refused=f"after {self.config.retries + 1} answers: {reason}")
 
