@@ -263,4 +263,4 @@ def test_the_llm_proposer_reads_open_ideas_and_marks_the_one_it_used(tmp_path, g
     from autolab.protocol.ideas import ideas
 
     (used,) = ideas(Lab.open(url, "x").read())
-    assert used.used_by == [row["experiment_id"]]
+    assert list(used.used_by) == [row["experiment_id"]]
