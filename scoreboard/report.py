@@ -244,6 +244,15 @@ def _page(view: LabView, run_list: list[Run], board: list[dict[str, Any]],
     ]
     spend_line = (f"spend: ${spend:,.2f}" if spend is not None
                   else "spend: unknown (no run reports a cost)")
+    from autolab.scoreboard.spend import llm_spend
+
+    asked = llm_spend(view)
+    if asked["proposals"]:
+        usd = f", ${asked['usd']:,.4f}" if asked["usd"] is not None else ""
+        spend_line += (f" · LLM proposals: {asked['proposals']} "
+                       f"({', '.join(asked['models']) or 'no model named'}), "
+                       f"{asked['prompt_tokens']:,} prompt + "
+                       f"{asked['completion_tokens']:,} completion tokens{usd}")
 
     board_rows = []
     for rank, row in enumerate(board, 1):

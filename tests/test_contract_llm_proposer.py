@@ -229,6 +229,9 @@ def test_the_status_shows_llm_spend(tmp_path, git_daemon):
     assert llm["models"] == ["scripted-model"]
     text = run_cli("status", "--lab", url, check=True).stdout
     assert "LLM" in text and str(tokens_in) in text
+    run_cli("report", "--lab", url, "--out", str(tmp_path / "report"), check=True)
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "LLM proposals: 1 (scripted-model)" in page and f"{tokens_in:,} prompt" in page
 
 
 def test_answers_are_read_leniently_where_models_are_sloppy():

@@ -78,7 +78,7 @@ class LocalBackend(Backend):
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(GUARD), str(os.getpid()), request.command,
                  json.dumps(options)],
-                cwd=request.workdir, env=clean_env(request.env),
+                cwd=request.workdir, env=clean_env(request.env), stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as exc:
