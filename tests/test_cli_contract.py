@@ -54,7 +54,7 @@ CHOICES = {
                          "--metrics-file", "m.json", "--status", "great"],
                         ["ok", "crash", "timeout", "invalid"]),
     "schedule create --role": (["schedule", "create", "--role", "boss", "--every", "10m"],
-                               ["planner", "worker", "reporter"]),
+                               ["planner", "worker", "reporter", "researcher"]),
     "init --template": (["init", "x", "--template", "nope"], list(TEMPLATES)),
     "skill install --for": (["skill", "install", "--for", "vim"],
                             ["claude", "codex", "opencode", "gemini"]),

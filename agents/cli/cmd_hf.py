@@ -28,6 +28,7 @@ class Role(StrEnum):
     planner = "planner"
     worker = "worker"
     reporter = "reporter"
+    researcher = "researcher"
 
 
 FlavorOpt = Annotated[str | None, typer.Option(
