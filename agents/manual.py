@@ -31,6 +31,7 @@ from autolab.protocol.patches import matches
 from autolab.protocol.store import FileChange
 
 CLAIM_FILE = ".autolab-claim.json"
+MAX_EDIT_BYTES = 64 << 20  # what an open experiment's editable files may hold in all
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,14 @@ def commit_edits(lab: Lab, record: ManualClaim, directory: Path) -> str:
     before = {p: b for p, b in store.list_files(parent).items() if matches(p, config.editable)}
     present = _editable_files(directory, config.editable)
     add: dict[str, bytes] = {}
+    total = 0
     for rel, path in present.items():
         if os.path.islink(path):
             raise PatchError(f"patch refused: {rel}: symlinks are not accepted")
+        total += os.path.getsize(path)
+        if total > MAX_EDIT_BYTES:
+            raise PatchError(f"patch refused: the editable files hold more than "
+                             f"{MAX_EDIT_BYTES >> 20} MiB")
         data = Path(path).read_bytes()
         if rel not in before or store.read_blob(before[rel]) != data:
             add[rel] = data

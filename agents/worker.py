@@ -101,8 +101,9 @@ class Worker:
         # at once instead of waiting for its lease.
         with STOP.shielded():
             try:
+                writes = self._writes()
                 claim = tx.claim(self.lab, backend=self.backend.name, notify=self._note_claim,
-                                 skip_open=not self._writes())
+                                 skip_open=not writes, lease_seconds=self._lease(writes))
             except NothingToDo:
                 return None
             if STOP.pending:
@@ -124,6 +125,14 @@ class Worker:
         if self.backend.name != "local":
             return False
         return bool(self.lab.read(max_age=30.0).config.agent.command.strip())
+
+    def _lease(self, writes: bool) -> float | None:
+        """A worker that may have to write an open experiment first holds its claims
+        for the coding agent's time too (None: the lab's lease)."""
+        if not writes:
+            return None
+        config = self.lab.read(max_age=30.0).config
+        return config.lease_seconds() + config.agent.timeout
 
     def _note_claim(self, experiment_id: str, attempt: int, trying: bool) -> None:
         if self.host_claims is None:

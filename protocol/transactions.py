@@ -123,7 +123,7 @@ def refuse(lab: Lab, proposal: Proposal, reason: str) -> str:
     no worker ever claims it. The patch is stored as text only, never applied, and
     truncated to ``REFUSED_PATCH_CHARS``. Returns the experiment id.
     """
-    patch = proposal.patch[:REFUSED_PATCH_CHARS]
+    patch = redact(proposal.patch[:REFUSED_PATCH_CHARS])
 
     def decide(view: LabView) -> MainChange:
         eid = f"{len(view.state.experiments) + 1:04d}"
@@ -131,7 +131,7 @@ def refuse(lab: Lab, proposal: Proposal, reason: str) -> str:
         rows = [
             {"experiment_id": eid, "event": "proposed", "at": stamp,
              "parent_commit": view.main, "patch": patch, "patch_hash": normalized_hash(patch),
-             "hypothesis": proposal.hypothesis, "priority": float(proposal.priority),
+             "hypothesis": redact(proposal.hypothesis), "priority": float(proposal.priority),
              **_origin(proposal)},
             {"experiment_id": eid, "event": "failed", "at": stamp,
              "reason": redact(f"refused: {reason}")[:2000]},

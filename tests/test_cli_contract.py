@@ -105,6 +105,7 @@ TIME_FLAGS = {
     "schedule create --job-timeout": ["schedule", "create", "--role", "worker", "--every",
                                       "10m", "--job-timeout"],
     "schedule create --every": ["schedule", "create", "--role", "worker", "--every"],
+    "claim --lease": ["claim", "--lease"],
     "submit --runtime": ["submit", "--experiment", "1", "--attempt", "1", "--metrics-file",
                          "m.json", "--runtime"],
 }

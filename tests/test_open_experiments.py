@@ -48,8 +48,12 @@ def test_claim_edit_run_submit_by_hand(tmp_path, git_daemon):
     assert again.returncode == 3
     work = tmp_path / "work"
     claim = json.loads(run_cli("claim", "--json", "--worktree", str(work), "--lab", url,
-                               "--agent", "me", check=True).stdout)
+                               "--agent", "me", "--lease", "2h", check=True).stdout)
     assert claim["experiment_id"] == eid and claim["open"] is True
+    from datetime import UTC, datetime
+
+    left = datetime.fromisoformat(claim["lease_until"]) - datetime.now(UTC)
+    assert 7000 < left.total_seconds() <= 7200  # time to write it by hand
     source = work / "experiment.py"
     assert "X = 0.0" in source.read_text()  # the parent, unchanged
     # Submitting the parent as it is: refused, the claim stays.

@@ -103,6 +103,11 @@ def claim(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
           worktree: Annotated[Path | None, typer.Option(
               help="Also prepare DIR (absent or empty) to run the experiment by hand: its "
               "files as a worker runs them, and a claim file for `submit --worktree DIR`.",
+              show_default=False)] = None,
+          lease: Annotated[float | None, typer.Option(
+              parser=duration, metavar="DURATION",
+              help=f"How long the claim holds ({DURATION_HELP}; default: the lab's run "
+              "timeout plus its lease margin): time to write an open experiment by hand.",
               show_default=False)] = None) -> None:
     """Claim one queued experiment (exit code 3 when none is claimable).
 
@@ -119,7 +124,7 @@ def claim(lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False,
         raise UsageError(f"--worktree {worktree}: exists and is not empty")
     the_lab = open_lab(lab, agent)
     try:
-        won = do_claim(the_lab, backend=backend)
+        won = do_claim(the_lab, backend=backend, lease_seconds=lease)
     except NothingToDo as exc:
         if as_json:  # still one JSON document on stdout, whatever the exit code
             print_json({"claimed": False, "experiment_id": None, "agent": the_lab.agent,
