@@ -89,7 +89,7 @@ CASES: dict[str, tuple[Setup, int, str]] = {
     "init, directory not empty": (_in(_non_empty), 1, "not empty"),
     # 2: usage error
     "propose, neither --patch nor --set": (_lab("propose", "--hypothesis", "h"), 2,
-                                           "give exactly one of --patch FILE or --set"),
+                                           "give exactly one of --patch FILE, --set"),
     "propose, --priority nan": (_lab("propose", "--hypothesis", "h", "--set", "X=1",
                                      "--priority", "nan"), 2, "--priority nan"),
     "submit, --log and --metrics-file": (
