@@ -40,9 +40,12 @@ def review_hold(config: LabConfig, best: float | None, metric: float,
     it).
 
     ``paths`` None means not known (the result commit is not here): then only the
-    metric decides.
+    metric decides. A change of no path (the planner's baseline) never waits: its
+    promotion changes no code, it only records the lab's first best.
     """
     mode = config.policy.review
+    if paths is not None and not paths:
+        return None  # it changes nothing (a baseline): promoting it only records a best
     if mode == "required":
         return "the lab requires review (policy.review = required)"
     if mode != "above-bar":

@@ -70,6 +70,16 @@ def status(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
         console.print(line)
     else:
         console.print("best: none promoted yet")
+    review = data["review"]
+    if review["mode"] != "none" or review["awaiting"] or review["rejected"]:
+        console.print(f"review ({review['mode']}): {review['candidates']} candidate(s), "
+                      f"{len(review['awaiting'])} awaiting review, {review['rejected']} "
+                      "rejected", highlight=False)
+        for r in review["awaiting"]:
+            console.print(f"  awaiting-review {r['experiment_id']} {data['metric']} = "
+                          f"{fmt(r['metric'])}: {escape(r['hold'] or '')} "
+                          f"(`autolab review accept {r['experiment_id']}`)",
+                          highlight=False, soft_wrap=True)
     if data["running"]:
         table = Table("experiment", "attempt", "agent", "backend", "lease left (s)",
                       "hypothesis", title="running")
