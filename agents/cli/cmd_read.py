@@ -47,6 +47,7 @@ def status(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(data)
         return
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -56,7 +57,6 @@ def status(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
                   f"({counts}); {data['promotions']} promotions; "
                   f"{data['pending_records']} records pending")
     if data["quarantined_records"]:
-        from rich.markup import escape
 
         for bad in data["quarantined_records"]:
             console.print(f"[red]invalid record[/] {escape(bad['ref'])} @ {bad['commit'][:12]}: "
