@@ -39,10 +39,14 @@ def candidates(view: LabView, *, winners_only: bool = False) -> list[dict[str, A
                            pc.equal(exps.column("status"), "ok")),
                    pc.and_(pc.invert(exps.column("promoted")),
                            pc.invert(pc.fill_null(exps.column("rejected"), False))))
-    rows = [r for r in exps.filter(pc.fill_null(mask, False)).select(_COLUMNS).to_pylist()
-            if r["metric"] is not None]
     promotions = folded.promotions
     best = promotions.column("metric")[-1].as_py() if promotions.num_rows else None
+    if winners_only and best is not None:  # narrowed in arrow: status calls this in loops
+        beats = (pc.less(exps.column("metric"), best) if config.direction == "min"
+                 else pc.greater(exps.column("metric"), best))
+        mask = pc.and_(mask, beats)
+    rows = [r for r in exps.filter(pc.fill_null(mask, False)).select(_COLUMNS).to_pylist()
+            if r["metric"] is not None]
     for row in rows:
         row["beats_best"] = config.better(row["metric"], best)
     if winners_only:

@@ -155,6 +155,10 @@ def test_required_review_holds_the_winner_until_a_reviewer_accepts_it(tmp_path, 
     assert status["review"]["mode"] == "required"
     assert [r["experiment_id"] for r in status["review"]["awaiting"]] == [eid]
     assert "awaiting-review" in run_cli("status", "--lab", url).stdout
+    from autolab.scoreboard.report import build
+
+    page = build(lab.read()).html
+    assert "<h2>Review</h2>" in page and "awaiting review" in page and "X to 2.5" in page
     rows = _json(run_cli("review", "list", "--json", "--lab", url))["candidates"]
     assert rows[0]["experiment_id"] == eid and rows[0]["awaiting_review"]
     assert rows[0]["delta_parent"] == pytest.approx(0.25 - 9.0)  # baseline X = 0: 9.0
@@ -248,3 +252,5 @@ def test_accept_racing_reject_one_wins_and_both_folds_agree(daemon_remote):
         assert (row["promoted"], row["rejected"]) == (exp.promoted, exp.rejected)
         assert [p["experiment_id"] for p in view.state.promotions].count(eid) == int(
             exp.promoted)
+        if exp.rejected:  # the losers' way back is closed too
+            assert run_cli("review", "accept", eid, "--lab", url).returncode == 3
