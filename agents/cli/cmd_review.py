@@ -116,7 +116,8 @@ def review_accept(
         print_json(outcome.__dict__)
     elif outcome.promoted:
         typer.echo(f"accepted {experiment_id}: promoted ({outcome.commit[:12]})"  # type: ignore[index]
-                   f", {fmt(outcome.previous)} -> {fmt(outcome.metric)}")
+                   f", best {'none' if outcome.previous is None else fmt(outcome.previous)}"
+                   f" -> {fmt(outcome.metric)}")
     if not outcome.promoted:
         raise NothingToDo(f"not promoted: {outcome.reason}")
 
