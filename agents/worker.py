@@ -281,6 +281,11 @@ class Worker:
                      f"{outcome.previous} -> {outcome.metric}",
                      experiment_id=claim.experiment_id, metric=outcome.metric,
                      previous=outcome.previous, commit=outcome.commit)
+            elif outcome.awaiting_review:
+                emit(self.say, "awaiting_review",
+                     f"{claim.experiment_id} awaits review ({outcome.reason}): "
+                     f"`autolab review accept {claim.experiment_id}` promotes it",
+                     experiment_id=claim.experiment_id, reason=outcome.reason)
             else:
                 emit(self.say, "not_promoted",
                      f"not promoted {claim.experiment_id}: {outcome.reason}",

@@ -26,10 +26,11 @@ from autolab.protocol.state import ANOMALIES, CHARGES, EXPERIMENT_STATE, PROMOTI
 _QUEUED, _CLAIMED, _DONE, _FAILED, _CANCELLED = range(5)
 _STATE_NAMES = ("queued", "claimed", "done", "failed", "cancelled")
 # Queue events, as the walk sees them.
-_PROPOSED, _CLAIM, _RELEASED, _EXPIRED, _FAILED_EV, _CANCEL, _PROMOTED, _OTHER = range(8)
+_PROPOSED, _CLAIM, _RELEASED, _EXPIRED, _FAILED_EV, _CANCEL, _PROMOTED, _REJECTED, _OTHER = \
+    range(9)
 _EVENT_CODES = {"proposed": _PROPOSED, "claimed": _CLAIM, "released": _RELEASED,
                 "expired": _EXPIRED, "failed": _FAILED_EV, "cancelled": _CANCEL,
-                "promoted": _PROMOTED}
+                "promoted": _PROMOTED, "rejected": _REJECTED}
 _ENDS = {_RELEASED: "released", _EXPIRED: "expired", _FAILED_EV: "failed"}
 
 
@@ -94,6 +95,7 @@ class _Walk:
         self.reason: list[int | None] = [None] * count  # index into queue reasons + scores'
         self.result: list[int | None] = [None] * count  # score row that finished it
         self.promoted = [False] * count
+        self.rejected: list[int | None] = [None] * count  # queue row of the first rejection
         self.order: list[int] = []  # experiment codes, in proposal order
         self.late = [True] * scores  # a score row's ``late`` as the fold decides it
         self.promotions: list[int] = []  # queue rows of promotions, in order
@@ -155,6 +157,10 @@ class _Describe:
         return (f"claim of {self.exp_ids[code]} attempt {attempt} by "
                 f"{self._value('agent', row)} ignored "
                 f"(experiment {_STATE_NAMES[state]} at attempt {current})")
+
+    def rejection_ignored(self, code: int, row: int) -> str:
+        return (f"rejection of promoted experiment {self.exp_ids[code]} ignored "
+                f"(seq {self._value('seq', row)})")
 
     def unknown_score(self, code: int) -> str:
         return f"score for unknown experiment {self.exp_ids[code]}"
@@ -223,6 +229,11 @@ def _walk(w: _Walk, order: list[int], nq: int, events: list[int], exps: list[int
         elif event == _PROMOTED:
             promoted[x] = True
             promotions.append(pos)
+        elif event == _REJECTED:
+            if promoted[x]:
+                anomalies.append(describe.rejection_ignored(x, pos))
+            elif w.rejected[x] is None:  # the first rejection counts
+                w.rejected[x] = pos
 
 
 def _tables(w: _Walk, main: str, max_seq: int, queue: pa.Table, scores: pa.Table,
@@ -234,6 +245,7 @@ def _tables(w: _Walk, main: str, max_seq: int, queue: pa.Table, scores: pa.Table
     proposals = queue.select(wanted).take(pa.array([w.proposal[x] for x in order], pa.int64()))
     claims = [w.claim[x] for x in order]
     results = [w.result[x] for x in order]
+    rejections = [w.rejected[x] for x in order]
     reasons = pa.chunked_array([*queue.column("reason").chunks, *scores.column("reason").chunks],
                                pa.string())
     keys: list[int] = []
@@ -268,6 +280,10 @@ def _tables(w: _Walk, main: str, max_seq: int, queue: pa.Table, scores: pa.Table
         "metric": _take(scores.column("metric"), results),
         "outcomes": outcomes,
         "promoted": pa.array([w.promoted[x] for x in order], pa.bool_()),
+        "rejected": pa.array([w.rejected[x] is not None for x in order], pa.bool_()),
+        "rejection": _take(queue.column("reason"), rejections),
+        "rejected_by": pc.coalesce(_take(queue.column("reviewer"), rejections),
+                                   _take(queue.column("agent"), rejections)),
     }
     experiments = pa.table([_one_chunk(columns[f.name]).cast(f.type) for f in EXPERIMENT_STATE],
                            schema=EXPERIMENT_STATE)

@@ -34,6 +34,9 @@ class Knob:
     choices: tuple[Any, ...] = ()
 
 
+REVIEW_MODES = ("none", "required", "above-bar")
+
+
 @dataclass(frozen=True)
 class Policy:
     """Promotion and lease policy."""
@@ -42,6 +45,11 @@ class Policy:
     max_attempts: int = 3
     lease_margin: float = 60.0
     max_usd: float | None = None  # spend after which planners and launches stop
+    # Which winners wait for `autolab review accept` instead of being promoted by the
+    # worker that scored them: "none", "required" (all) or "above-bar" (those that beat
+    # the best by less than review_bar, or touch a [paths] sensitive path).
+    review: str = "none"
+    review_bar: float = 0.0  # an absolute metric delta (interim: no noise model yet)
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,7 @@ class LabConfig:
     allow_binary: bool = False  # [paths] binary: patches may carry binary files
     llm: LlmConfig = field(default_factory=LlmConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    sensitive: tuple[str, ...] = ()  # [paths] sensitive: changes here wait for review
 
     def better(self, candidate: float, best: float | None) -> bool:
         """True if ``candidate`` beats ``best`` by at least ``policy.min_delta``."""
@@ -205,7 +214,8 @@ _SCHEMA: dict[str, dict[str, tuple[_Types, bool]]] = {
         "floor": ((int, float), False),
     },
     "run": {"command": (str, True), "timeout": ((int, float), True), "env": (dict, False)},
-    "paths": {"editable": (list, True), "protected": (list, False), "binary": (bool, False)},
+    "paths": {"editable": (list, True), "protected": (list, False), "binary": (bool, False),
+              "sensitive": (list, False)},
     "policy": _section_schema(Policy),
     "hf_jobs": _section_schema(HfJobsConfig),
     "llm": _section_schema(LlmConfig),
@@ -281,7 +291,7 @@ def parse_config(text: str) -> LabConfig:
     for name, value in env.items():
         if not isinstance(value, str):
             raise _fail(f"run.env.{name}", "a string", value)
-    for key in ("editable", "protected"):
+    for key in ("editable", "protected", "sensitive"):
         for item in paths.get(key, []):
             if not isinstance(item, str) or not item or item.startswith("/") or ".." in item:
                 raise _fail(f"paths.{key}", "a list of relative paths", item)
@@ -298,6 +308,10 @@ def parse_config(text: str) -> LabConfig:
         raise _fail("policy.max_attempts", "an integer >= 1", pol.max_attempts)
     if pol.lease_margin < 0:
         raise _fail("policy.lease_margin", "a number >= 0", pol.lease_margin)
+    if pol.review not in REVIEW_MODES:
+        raise _fail("policy.review", " or ".join(f'"{m}"' for m in REVIEW_MODES), pol.review)
+    if not pol.review_bar >= 0 or math.isinf(pol.review_bar):
+        raise _fail("policy.review_bar", "a number >= 0", pol.review_bar)
 
     return LabConfig(
         name=values["lab"].get("name", "lab"),
@@ -312,6 +326,7 @@ def parse_config(text: str) -> LabConfig:
         editable=tuple(paths["editable"]),
         protected=tuple(paths.get("protected", [])),
         allow_binary=bool(paths.get("binary", False)),
+        sensitive=tuple(paths.get("sensitive", [])),
         policy=pol,
         knobs=_parse_knobs(raw.get("knobs", {}), tuple(paths["editable"])),
         hf_jobs=_parse_hf_jobs(values["hf_jobs"]),

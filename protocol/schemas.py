@@ -16,7 +16,7 @@ SCHEMA_VERSION = 3
 ADDED_IN: dict[str, dict[str, int]] = {
     "scores": {"flavor": 2, "job_seconds": 2, "cost_usd": 2, "log_ref": 2},
     "queue": {"cost_usd": 2, "proposer": 3, "model": 3, "prompt_tokens": 3,
-              "completion_tokens": 3, "llm_usd": 3},
+              "completion_tokens": 3, "llm_usd": 3, "reviewer": 3, "note": 3},
     "ideas": {"event": 3, "arxiv_id": 3, "link": 3, "query": 3, "experiment_id": 3},
 }
 TABLES = ("queue", "scores", "ideas")
@@ -25,7 +25,7 @@ TABLES = ("queue", "scores", "ideas")
 # a proposer used an idea (``used``): see ``autolab.protocol.ideas``.
 IDEA_EVENTS = ("found", "used")
 QUEUE_EVENTS = ("proposed", "claimed", "launched", "released", "expired", "failed", "cancelled",
-                "promoted")
+                "promoted", "rejected")
 SCORE_STATUSES = ("ok", "crash", "timeout", "invalid")
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -62,6 +62,11 @@ QUEUE = pa.schema(
         pa.field("prompt_tokens", pa.int64()),
         pa.field("completion_tokens", pa.int64()),
         pa.field("llm_usd", pa.float64()),
+        # A review (``autolab review``): who decided (their agent id) on a ``promoted``
+        # row the reviewer accepted or a ``rejected`` row (whose ``reason`` says why),
+        # and the reviewer's note on an accepted promotion.
+        pa.field("reviewer", pa.string()),
+        pa.field("note", pa.string()),
     ],
     metadata={"autolab.table": "queue", "autolab.schema_version": str(SCHEMA_VERSION)},
 )

@@ -8,6 +8,10 @@ the shard files were listed in.
 Per experiment and attempt, the *first* claim and the *first* outcome (score,
 expiry, release, failure) win; anything later for the same attempt is kept as data
 and marked (a later score is ``late``; a second claim is ignored).
+
+A review's ``rejected`` row marks a finished experiment as rejected (the first one
+counts; one for a promoted experiment is an anomaly): it stays ``done``, so its patch
+stays among the hashes proposals must avoid, and it is never promoted.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class Experiment:
     result: dict[str, Any] | None = None  # the score row that finished it
     outcomes: dict[int, str] = field(default_factory=dict)  # attempt -> first outcome
     promoted: bool = False
+    rejected: bool = False
+    rejection: str | None = None  # the reviewer's reason, when rejected
+    rejected_by: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -60,7 +67,8 @@ class Experiment:
             "backend": self.backend, "job_id": self.job_id, "reason": self.reason,
             "status": self.result["status"] if self.result else None,
             "metric": self.result["metric"] if self.result else None,
-            "promoted": self.promoted,
+            "promoted": self.promoted, "rejected": self.rejected,
+            "rejection": self.rejection, "rejected_by": self.rejected_by,
         }
 
 
@@ -119,7 +127,11 @@ class LabState:
         return [e for e in self.experiments.values() if e.state == state]
 
     def patch_hashes(self) -> set[str]:
-        """Hashes of every patch that is not failed (what a new proposal must avoid)."""
+        """Hashes of every patch that is not failed (what a new proposal must avoid).
+
+        Rejected experiments are ``done``, so their patches are avoided too: a reviewer's
+        "no" is never proposed again (only a failed attempt may be retried).
+        """
         return {e.patch_hash for e in self.experiments.values() if e.state != "failed"}
 
     def scores_for(self, experiment_id: str, attempt: int | None = None) -> list[dict]:
@@ -213,8 +225,16 @@ def _fold_event(state: LabState, row: dict) -> None:
         state.promotions.append(
             {"experiment_id": eid, "attempt": attempt, "metric": row["metric"],
              "source_commit": row["source_commit"], "agent": row["agent"],
-             "at": row["at"], "seq": row["seq"]}
+             "at": row["at"], "seq": row["seq"], "reviewer": row.get("reviewer"),
+             "note": row.get("note")}
         )
+    elif event == "rejected":
+        if exp.promoted:
+            state.anomalies.append(f"rejection of promoted experiment {eid} ignored "
+                                   f"(seq {row['seq']})")
+        elif not exp.rejected:  # the first rejection counts
+            exp.rejected, exp.rejection = True, row["reason"]
+            exp.rejected_by = row.get("reviewer") or row["agent"]
 
 
 def _fold_score(state: LabState, row: dict) -> None:
@@ -263,10 +283,12 @@ EXPERIMENT_STATE = pa.schema([
     ("result_event_id", pa.string()),  # the score row that finished it (in ``scores``)
     ("status", pa.string()), ("metric", pa.float64()),  # that row's, for queries
     ("outcomes", pa.map_(pa.int32(), pa.string())), ("promoted", pa.bool_()),
+    ("rejected", pa.bool_()), ("rejection", pa.string()), ("rejected_by", pa.string()),
 ])
 PROMOTIONS = pa.schema([
     ("experiment_id", pa.string()), ("attempt", pa.int32()), ("metric", pa.float64()),
     ("source_commit", pa.string()), ("agent", pa.string()), ("at", _TS), ("seq", pa.int64()),
+    ("reviewer", pa.string()), ("note", pa.string()),
 ])
 ANOMALIES = pa.schema([("anomaly", pa.string())])
 CHARGES = pa.schema([("seq", pa.int64()), ("experiment_id", pa.string()),
@@ -336,6 +358,8 @@ def _experiment_from_row(row: dict[str, Any], result: dict[str, Any] | None) -> 
         lease_until=row["lease_until"], claimed_at=row["claimed_at"], backend=row["backend"],
         job_id=row["job_id"], reason=row["reason"], result=result,
         outcomes=dict(row["outcomes"] or ()), promoted=row["promoted"],
+        rejected=bool(row["rejected"]), rejection=row["rejection"],
+        rejected_by=row["rejected_by"],
     )
 
 
@@ -358,6 +382,9 @@ def _experiments_table(exps: list[Experiment]) -> pa.Table:
         "metric": [r["metric"] if r else None for r in results],
         "outcomes": [list(e.outcomes.items()) for e in exps],
         "promoted": [e.promoted for e in exps],
+        "rejected": [e.rejected for e in exps],
+        "rejection": [e.rejection for e in exps],
+        "rejected_by": [e.rejected_by for e in exps],
     }
     return pa.table([pa.array(columns[f.name], f.type) for f in EXPERIMENT_STATE],
                     schema=EXPERIMENT_STATE)

@@ -27,6 +27,7 @@ from autolab.protocol.patch_judge import judge_patch, promotable, result_commit_
 from autolab.protocol.patches import is_open, normalized_hash, open_hash
 from autolab.protocol.reader import LabView
 from autolab.protocol.redact import redact
+from autolab.protocol.review import REASON_CHARS, changed_paths, review_hold
 from autolab.protocol.schemas import SCORE_STATUSES, TABLES
 from autolab.protocol.shards import encode, new_shard_name, parse_shard_path
 from autolab.protocol.state import Experiment
@@ -508,6 +509,7 @@ class Promotion:
     commit: str | None = None
     metric: float | None = None
     previous: float | None = None
+    awaiting_review: bool = False  # held back by ``policy.review``: ``reason`` says why
 
 
 def promotion_blocker(view: LabView, experiment_id: str) -> str | None:
@@ -517,6 +519,8 @@ def promotion_blocker(view: LabView, experiment_id: str) -> str | None:
         return f"unknown experiment {experiment_id}"
     if exp.promoted:
         return "already promoted"
+    if exp.rejected:
+        return f"rejected by {exp.rejected_by}: {exp.rejection}"
     result = exp.result
     if exp.state != "done" or result is None:
         return f"experiment is {exp.state}, not done"
@@ -540,11 +544,18 @@ def promotion_blocker(view: LabView, experiment_id: str) -> str | None:
     return None
 
 
-def promote(lab: Lab, experiment_id: str) -> Promotion:
+def promote(lab: Lab, experiment_id: str, *, reviewed: bool = False,
+            note: str | None = None) -> Promotion:
     """Merge an experiment into ``main`` if it still beats the best on the exact parent.
 
     The merge commit's first parent is the previous ``main``, its second the
     experiment's branch head; its editable paths equal the experiment's versions.
+
+    Args:
+        reviewed: a reviewer accepts it (``autolab review accept``): the lab's review
+            gate (``policy.review``) does not hold it back, and the ``promoted`` row
+            records this agent as ``reviewer`` with ``note``. Without it, a winner the
+            gate holds is not promoted (``awaiting_review``).
     """
     outcome = Promotion(experiment_id, promoted=False)
     fetched: set[str] = set()
@@ -578,6 +589,12 @@ def promote(lab: Lab, experiment_id: str) -> Promotion:
         if lab.store.is_ancestor(head, view.main):
             outcome.reason = f"result commit {head[:12]} is already on main"
             return None
+        if not reviewed:
+            hold = review_hold(config, view.state.best_metric, result["metric"],
+                               changed_paths(lab.store, exp.parent_commit, head))
+            if hold:
+                outcome.reason, outcome.awaiting_review = f"awaiting review: {hold}", True
+                return None
         # Only the experiment's editable files travel: never the harness, the lab's
         # state or git's own files, whatever the branch holds.
         theirs = {p: b for p, b in lab.store.list_files(head).items() if promotable(p, config)}
@@ -586,6 +603,9 @@ def promote(lab: Lab, experiment_id: str) -> Promotion:
         outcome.metric, outcome.previous = result["metric"], previous
         row = {"experiment_id": experiment_id, "event": "promoted", "at": now(),
                "attempt": result["attempt"], "metric": result["metric"], "source_commit": head}
+        if reviewed:
+            row["reviewer"] = lab.agent
+            row["note"] = redact(note)[:REASON_CHARS] if note else None
         was = "none" if previous is None else f"{previous:.6g}"
         return MainChange(
             message=(f"promote {experiment_id}: {view.config.metric} {was} -> "

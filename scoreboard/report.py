@@ -358,6 +358,10 @@ when the experiment was proposed (its parent's best).</p>
 {promo_html}
 </section>
 <section>
+<h2>Review</h2>
+{_review_html(view)}
+</section>
+<section>
 <h2>Failures</h2>
 {fail_html}
 </section>
@@ -368,6 +372,32 @@ this page are the same figures.</footer>
 </body>
 </html>
 """
+
+
+def _review_html(view: LabView) -> str:
+    """The review queue: the lab's mode, winners awaiting a reviewer, and rejections."""
+    from autolab.scoreboard.review import review_queue
+
+    queue = review_queue(view)
+    exps = view.folded().experiments
+    rejected = exps.filter(pc.fill_null(exps.column("rejected"), False)).select(
+        ["experiment_id", "metric", "rejected_by", "rejection"]).to_pylist()
+    head = (f'<p class="small">policy.review <code>{_e(queue["mode"])}</code> · '
+            f'{queue["candidates"]} finished experiment(s) neither promoted nor rejected · '
+            f'{len(queue["awaiting"])} awaiting review · {len(rejected)} rejected '
+            "(<code>autolab review list</code>)</p>")
+    awaiting = _table(
+        [("awaiting review", ""), (view.config.metric, "num"), ("Δ best", "num"),
+         ("why it waits", ""), ("hypothesis", "")],
+        [[(_e(r["experiment_id"]), "id"), (_num(r["metric"]), "num"),
+          (_num(r["delta_best"]), "num"), (_e(r["hold"]), ""), (_e(r["hypothesis"]), "hyp")]
+         for r in queue["awaiting"]]) if queue["awaiting"] else ""
+    rejections = _table(
+        [("rejected", ""), (view.config.metric, "num"), ("by", ""), ("reason", "")],
+        [[(_e(r["experiment_id"]), "id"), (_num(r["metric"]), "num"),
+          (_e(r["rejected_by"]), ""), (_e(r["rejection"]), "hyp")]
+         for r in rejected[-20:]]) if rejected else ""
+    return head + awaiting + rejections
 
 
 # -- publishing --------------------------------------------------------------------------

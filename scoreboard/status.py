@@ -28,7 +28,12 @@ Shape (``--json``)::
                "per_promotion": [{"experiment_id": str, "metric": float,
                                   "cost_usd": float, "runs": int}]},
      "llm": {"proposals": int, "prompt_tokens": int, "completion_tokens": int,
-             "usd": float | null, "models": [str], "by_proposer": {str: int}}}
+             "usd": float | null, "models": [str], "by_proposer": {str: int}},
+     "review": {"mode": "none" | "required" | "above-bar", "candidates": int,
+                "rejected": int,
+                "awaiting": [{"experiment_id": str, "metric": float,
+                              "delta_best": float | null, "hold": str,
+                              "hypothesis": str}]}}
 
 ``queue_depth`` is the number of queued experiments; ``running`` lists the claimed
 ones, the lease that runs out first first (``lease_left_s`` is negative once it has
@@ -42,6 +47,10 @@ attempts ran out (leases expired ``max_attempts`` times); ``failure_reasons`` gi
 the most common reasons, word for word. ``spend`` is what runs on paid compute cost
 (:mod:`autolab.scoreboard.spend`), ``llm`` what proposing with models and coding
 agents cost (tokens, and dollars where ``[llm]`` gives prices).
+``review`` is the review queue (:mod:`autolab.scoreboard.review`): the lab's
+``policy.review``, how many finished experiments are neither promoted nor rejected,
+how many were rejected, and the winners that wait for ``autolab review accept``
+(``awaiting-review``: the gate held them, ``hold`` says why).
 ``quarantined_records`` are record refs left out of the fold
 as invalid (:mod:`autolab.protocol.records`) until ``autolab doctor --fix`` or
 a reporter moves them aside. Times are ISO 8601 strings.
@@ -68,6 +77,7 @@ def status(view: LabView, *, recent: int = 10) -> dict[str, Any]:
     from autolab.protocol.errors import shown
     from autolab.protocol.redact import redact
     from autolab.scoreboard.lineage import hypotheses_of
+    from autolab.scoreboard.review import review_queue
     from autolab.scoreboard.spend import llm_spend, spend
 
     config, folded = view.config, view.folded()
@@ -115,6 +125,7 @@ def status(view: LabView, *, recent: int = 10) -> dict[str, Any]:
                                 for b in view.quarantined],
         "spend": spend(view),
         "llm": llm_spend(view),
+        "review": review_queue(view),
     }
 
 

@@ -27,7 +27,7 @@ VIEWS = ("queue", "experiments", "scores", "ideas", "promotions", "knobs")
 EXPERIMENT_COLUMNS = (
     "experiment_id", "state", "attempt", "hypothesis", "priority", "patch_hash",
     "parent_commit", "proposed_by", "agent", "lease_until", "claimed_at", "backend", "job_id",
-    "reason", "status", "metric", "promoted",
+    "reason", "status", "metric", "promoted", "rejected", "rejection", "rejected_by",
 )
 
 

@@ -19,7 +19,8 @@ from .test_fold import _busy_lab
 
 _T0 = datetime(2026, 1, 1, tzinfo=UTC)
 _EVENTS = ["proposed"] * 4 + ["claimed"] * 5 + ["released", "expired", "failed", "cancelled",
-                                                "promoted", "launched", "renamed"] * 2
+                                                "promoted", "rejected", "launched",
+                                                "renamed"] * 2
 
 
 def _maybe(rng: random.Random, value, p: float = 0.3):
@@ -49,6 +50,8 @@ def _random_rows(rng: random.Random, count: int) -> tuple[list[dict], list[dict]
                 "reason": _maybe(rng, f"why {i}"), "metric": _maybe(rng, rng.random()),
                 "source_commit": _maybe(rng, f"s{i}"), "backend": _maybe(rng, "local"),
                 "job_id": _maybe(rng, f"job{i}"), "cost_usd": _maybe(rng, 0.5, 0.8),
+                "reviewer": _maybe(rng, rng.choice(["r1", "r2"]), 0.5),
+                "note": _maybe(rng, f"note {i}", 0.5),
             })
         elif kind < 0.95:
             scores.append({

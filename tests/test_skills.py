@@ -121,7 +121,8 @@ def test_the_checker_refuses_what_the_cli_refuses():
     assert cli_problems(["skill", "install", "--for", "claude", "--dir", "."]) == []
     assert cli_problems(["submit", "--worktree", "DIR", "--log", "F", "--status", "crash"]) == []
     assert cli_problems(["claim", "--bogus"]) == ["`autolab claim` has no option --bogus"]
-    assert cli_problems(["review", "list"]) == ["no command `autolab review`"]
+    assert cli_problems(["review", "pr"]) == ["no command `autolab review pr`"]
+    assert cli_problems(["bogus"]) == ["no command `autolab bogus`"]
     assert cli_problems(["schedule"]) == ["`autolab schedule` needs a subcommand"]
     assert cli_problems(["submit", "--status", "great"])
     assert cli_problems(["skill", "install", "--for", "vim"])

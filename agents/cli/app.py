@@ -63,12 +63,13 @@ def _register() -> None:
         cmd_read,
         cmd_report,
         cmd_research,
+        cmd_review,
         cmd_skill,
         cmd_trackio,
     )
 
     for module in (cmd_lab, cmd_queue, cmd_read, cmd_inspect, cmd_agents, cmd_research, cmd_hf,
-                   cmd_report, cmd_trackio, cmd_skill):
+                   cmd_report, cmd_review, cmd_trackio, cmd_skill):
         module.register(app)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -20,12 +20,22 @@ def show(
                                            "(0: none).")] = _EXCERPT_LINES,
 ) -> None:
     """One experiment in full: hypothesis, diff, metrics, attempts, lineage, log excerpt."""
+    the_lab = open_lab(lab)
+    data = show_data(the_lab, the_lab.read(), experiment_id, log_lines)
+    if as_json:
+        print_json(data)
+        return
+    print_show(data)
+
+
+def show_data(the_lab: Any, view: Any, experiment_id: str, log_lines: int) -> dict[str, Any]:
+    """What ``show`` prints: the experiment described, with ``log`` its last attempt's
+    last ``log_lines`` lines (None when 0)."""
     from autolab.agents.run_logs import find_log
     from autolab.protocol.errors import AutoLabError
     from autolab.scoreboard.experiment import describe
 
-    the_lab = open_lab(lab)
-    data = describe(the_lab.read(), experiment_id)
+    data = describe(view, experiment_id)
     log = None
     if log_lines > 0 and data["attempt"]:
         try:
@@ -35,14 +45,17 @@ def show(
         except AutoLabError as exc:
             log = {"source": None, "attempt": data["attempt"], "tail": [], "missing": str(exc)}
     data["log"] = log
-    if as_json:
-        print_json(data)
-        return
+    return data
+
+
+def print_show(data: dict[str, Any]) -> None:
+    """``show``'s text form of :func:`show_data`'s document."""
     from rich.console import Console
     from rich.markup import escape
 
     out = Console(soft_wrap=True)
-    out.print(f"[bold]experiment {experiment_id}[/] {data['state']}"
+    log = data["log"]
+    out.print(f"[bold]experiment {data['experiment_id']}[/] {data['state']}"
               + (" (promoted)" if data["promoted"] else ""))
     out.print(f"hypothesis: {escape(data['hypothesis'])}")
     out.print(f"proposed by {data['proposed_by']} at {fmt(data['proposed_at'])} on "
@@ -54,6 +67,8 @@ def show(
     if lineage["promoted"]:
         out.print(f"promoted with {fmt(lineage['promoted']['metric'])} at "
                   f"{fmt(lineage['promoted']['at'])}")
+    if data.get("rejected"):
+        out.print(f"rejected by {data['rejected_by']}: {escape(data['rejection'] or '')}")
     if data["metric"] is not None:
         metrics = ", ".join(f"{k}={fmt(v)}" for k, v in sorted(data["metrics"].items()))
         out.print(f"result: {data['status']} {fmt(data['metric'])} ({metrics})")

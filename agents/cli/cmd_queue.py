@@ -282,8 +282,9 @@ def promote(experiment: Annotated[str, typer.Argument(help="Experiment id.")],
             lab: LabOpt = None, agent: AgentOpt = None, as_json: JsonOpt = False) -> None:
     """Merge an experiment into main if it beats the current best by the lab's policy.
 
-    Exit code 3 when it is not promoted (the reason on stderr), 1 for an unknown
-    experiment.
+    Exit code 3 when it is not promoted (the reason on stderr: among others, a winner
+    the lab's review gate holds, which `autolab review accept` promotes), 1 for an
+    unknown experiment.
     """
     from autolab.protocol.errors import AutoLabError, NothingToDo
     from autolab.protocol.transactions import promote as do_promote

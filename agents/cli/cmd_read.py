@@ -47,6 +47,7 @@ def status(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(data)
         return
+    from rich.markup import escape
     from rich.table import Table
 
     console = _console()
@@ -56,7 +57,6 @@ def status(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
                   f"({counts}); {data['promotions']} promotions; "
                   f"{data['pending_records']} records pending")
     if data["quarantined_records"]:
-        from rich.markup import escape
 
         for bad in data["quarantined_records"]:
             console.print(f"[red]invalid record[/] {escape(bad['ref'])} @ {bad['commit'][:12]}: "
@@ -70,6 +70,16 @@ def status(lab: LabOpt = None, as_json: JsonOpt = False) -> None:
         console.print(line)
     else:
         console.print("best: none promoted yet")
+    review = data["review"]
+    if review["mode"] != "none" or review["awaiting"] or review["rejected"]:
+        console.print(f"review ({review['mode']}): {review['candidates']} candidate(s), "
+                      f"{len(review['awaiting'])} awaiting review, {review['rejected']} "
+                      "rejected", highlight=False)
+        for r in review["awaiting"]:
+            console.print(f"  awaiting-review {r['experiment_id']} {data['metric']} = "
+                          f"{fmt(r['metric'])}: {escape(r['hold'] or '')} "
+                          f"(`autolab review accept {r['experiment_id']}`)",
+                          highlight=False, soft_wrap=True)
     if data["running"]:
         table = Table("experiment", "attempt", "agent", "backend", "lease left (s)",
                       "hypothesis", title="running")

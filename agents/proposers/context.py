@@ -2,10 +2,10 @@
 
 Built from one read of the lab: ``program.md``, main's editable files (the current
 best), the best score, recent results with their hypotheses and diffs, recent
-failures and refused proposals with their reasons, open ideas from the ``ideas``
-table, and what is queued or running now (so that two planners do not propose the
-same thing). :func:`render` turns it into one prompt of bounded size: sections are
-cut, oldest first, until the prompt fits.
+failures, refused proposals and experiments reviewers rejected, with their reasons,
+open ideas from the ``ideas`` table, and what is queued or running now (so that two
+planners do not propose the same thing). :func:`render` turns it into one prompt of
+bounded size: sections are cut, oldest first, until the prompt fits.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 MAX_FILE_CHARS = 40_000  # an editable file longer than this is shown cut (and said so)
 MAX_DIFF_CHARS = 1_500  # per past experiment
 HISTORY = 12  # recent results shown
-FAILURES = 8  # recent failures and refused proposals shown
+FAILURES = 8  # recent failures, refused proposals and rejections shown
 
 
 @dataclass
@@ -36,6 +36,7 @@ class PastExperiment:
     reason: str | None = None
     promoted: bool = False
     diff: str = ""
+    rejected: str | None = None  # a reviewer's reason, when one rejected it
 
 
 @dataclass
@@ -77,8 +78,9 @@ def build_context(lab: Lab, view: LabView) -> LabContext:
     config, state = view.config, view.state
     program = (lab.store.read_file(view.main, "program.md") or b"").decode("utf-8", "replace")
     exps = list(state.experiments.values())
-    finished = [e for e in exps if e.state == "done" and e.result is not None][-HISTORY:]
-    failed = [e for e in exps if e.state == "failed"][-FAILURES:]
+    finished = [e for e in exps
+                if e.state == "done" and e.result is not None and not e.rejected][-HISTORY:]
+    failed = [e for e in exps if e.state == "failed" or e.rejected][-FAILURES:]
     best_id = state.best["experiment_id"] if state.best else None
     wanted = [e.id for e in finished] + [e.id for e in failed]
     if best_id and best_id not in wanted:
@@ -90,7 +92,8 @@ def build_context(lab: Lab, view: LabView) -> LabContext:
         return PastExperiment(
             id=exp.id, hypothesis=exp.hypothesis, state=exp.state,
             metric=result.get("metric"), reason=exp.reason or result.get("reason"),
-            promoted=exp.promoted, diff=_cut(diffs.get(exp.id, ""), MAX_DIFF_CHARS))
+            promoted=exp.promoted, diff=_cut(diffs.get(exp.id, ""), MAX_DIFF_CHARS),
+            rejected=(exp.rejection or "no reason recorded") if exp.rejected else None)
 
     from autolab.protocol.ideas import open_ideas
 
@@ -115,6 +118,8 @@ def _result_line(exp: PastExperiment, metric: str) -> str:
     if exp.state == "done":
         score = f"{metric} = {exp.metric:.6g}" if exp.metric is not None else "no metric"
         tags = ", promoted" if exp.promoted else ""
+        if exp.rejected is not None:
+            tags += f", rejected by a reviewer: {exp.rejected}"
         status = f"{score}{tags}" + (f" ({exp.reason})" if exp.reason else "")
     else:
         status = f"{exp.state}: {exp.reason or 'no reason recorded'}"
@@ -190,7 +195,8 @@ def _render(ctx: LabContext, direction: str, program: str, history: list[PastExp
         parts.append(f"## {path} (on main)\n```\n{text.rstrip(chr(10))}\n```")
     parts.append(_experiments_section("Recent results (oldest first)", history, ctx.metric,
                                       with_diffs=True))
-    parts.append(_experiments_section("Recent failures and refused proposals", failures,
+    parts.append(_experiments_section("Recent failures, refused proposals and rejections "
+                                      "(never propose these again)", failures,
                                       ctx.metric, with_diffs=True))
     if running:
         parts.append("## Queued or running now (do not propose these again)\n"
