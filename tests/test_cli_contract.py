@@ -88,7 +88,7 @@ def test_the_choices_the_cli_names_are_the_ones_the_code_has():
 
     assert sorted(TEMPLATES) == templates()
     assert tuple(s.value for s in Status) == SCORE_STATUSES
-    assert {r.value for r in Role} == {"planner", "worker", "reporter"}
+    assert {r.value for r in Role} == {"planner", "worker", "reporter", "researcher"}
 
 
 # Every time flag: (argv before the value, the flag)
