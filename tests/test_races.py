@@ -194,7 +194,7 @@ def test_sixteen_processes_proposing_at_once_all_land(daemon_remote, tmp_path):
         done = [r.get(timeout=600) for r in results]
     ids = [eid for got, _ in done for eid in got]
     lost = [conflicts for _, conflicts in done]
-    print("lost races per process:", lost)
+    assert max(lost) >= 3, lost  # main was contended: a process lost races and went on
     assert len(ids) == procs * count and len(set(ids)) == procs * count
     state = Lab.open(remote.url, "check").read().state
     assert sorted(state.experiments) == sorted(ids)
