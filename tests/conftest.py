@@ -192,12 +192,15 @@ class LabTemplates:
         self._built: dict[tuple[str, str], Path] = {}
 
     def copy(self, name: str, kind: str, tmp_path: Path, build: Callable[[str], object],
-             template: str = "blank") -> Iterator[Remote]:
+             template: str = "blank", edit: Callable[[Path], None] | None = None
+             ) -> Iterator[Remote]:
         """Yield a copy, on a ``kind`` remote (``path`` or ``daemon``), of the lab that
-        ``build(url)`` makes of a new ``template`` lab; fsck it afterwards."""
+        ``build(url)`` makes of a new ``template`` lab (its files changed by ``edit``
+        first, as :func:`init_lab` does); fsck it afterwards. ``name`` names the lab:
+        the same name, the same ``build``, ``template`` and ``edit``."""
         made = self._built.get((name, kind))
         if made is None:
-            made = self._build(name, kind, build, template)
+            made = self._build(name, kind, build, template, edit)
         dest = (self.daemon.base if kind == "daemon" else tmp_path) / f"lab-{tmp_path.name}.git"
         shutil.copytree(made, dest, symlinks=True)
         rem = Remote(kind, self.daemon.url(dest.name) if kind == "daemon" else str(dest), dest)
@@ -206,11 +209,11 @@ class LabTemplates:
         if kind == "daemon":
             shutil.rmtree(dest, ignore_errors=True)
 
-    def _build(self, name: str, kind: str, build: Callable[[str], object],
-               template: str) -> Path:
-        label = f"template-{name}-{kind}"
+    def _build(self, name: str, kind: str, build: Callable[[str], object], template: str,
+               edit: Callable[[Path], None] | None) -> Path:
+        label = f"template-{len(self._built)}-{kind}"
         bare = (self.daemon.base if kind == "daemon" else self.root) / f"{label}.git"
-        init_lab(bare, template, bare=True)
+        init_lab(bare, template, bare=True, edit=edit)
         url = self.daemon.url(bare.name) if kind == "daemon" else str(bare)
         with pytest.MonkeyPatch.context() as env:  # its own cache: no test's
             env.setenv("AUTOLAB_CACHE", str(self.root / f"{label}-cache"))
