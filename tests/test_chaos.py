@@ -2,7 +2,7 @@
 SIGKILLed and restarted about once a second (each agent once, then random ones; half
 the workers under a fresh default id), over a real ``git daemon``, for 20 s
 (``$AUTOLAB_CHAOS_SECONDS``). Afterwards one reaper round must end every claim the
-dead left, one agent drains the queue and the lab itself is checked for every
+dead left, two workers drain the queue and the lab itself is checked for every
 invariant.
 
 Figures (agents killed, experiments completed, rows checked) are printed and written
@@ -16,6 +16,7 @@ import os
 import random
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -127,14 +128,21 @@ def test_chaos_run_loses_nothing(tmp_path, git_daemon):
                after.experiments[e.id].outcomes.get(e.attempt) in ("expired", "failed")
                for e in quick)
 
-    # One agent drains the queue: reap what dead workers left, run everything left.
+    # Two workers drain the queue (two runs at once, one a core): reap what dead workers
+    # left, run everything left.
     deadline = time.monotonic() + 3 * TIMEOUT + 60
     while True:
         run_cli("reporter", "--once", "--lab", remote.url, "--agent", "drain", env=env,
                 check=True)
-        proc = run_cli("worker", "--lab", remote.url, "--agent", "drain", env=env)
-        # 3: nothing claimable this round (a dead worker's lease is still running out).
-        assert proc.returncode in (0, 3), proc.stdout[-2000:] + proc.stderr[-2000:]
+        drains = [subprocess.Popen(
+            [sys.executable, "-m", "autolab.agents.cli", "worker", "--lab", remote.url,
+             "--agent", f"drain-{n}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env={**os.environ, **env}) for n in (1, 2)]
+        for proc in drains:
+            out, err = proc.communicate(timeout=300)
+            # 3: nothing claimable this round (a dead worker's lease is still running
+            # out, or the other drain took the last one).
+            assert proc.returncode in (0, 3), out[-2000:] + err[-2000:]
         view = lab.read()
         unfinished = [e.id for e in view.state.experiments.values() if not e.terminal]
         if not unfinished:
