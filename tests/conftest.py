@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +176,57 @@ def served_remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Re
 @pytest.fixture
 def daemon_remote(tmp_path: Path, git_daemon: GitDaemon) -> Iterator[Remote]:
     yield from _remote_for_test("daemon", tmp_path, git_daemon)
+
+
+class LabTemplates:
+    """Labs with known contents, each built once per session through the protocol (over
+    the transport a test asks for) and copied for every test that starts from it.
+
+    A copy of a bare repository is the same lab: the same commits, refs and records,
+    so a test reads and changes its copy as it would a lab it built itself. For labs
+    whose building is not what the tests using them check (their own tests do that).
+    """
+
+    def __init__(self, root: Path, daemon: GitDaemon) -> None:
+        self.root, self.daemon = root, daemon
+        self._built: dict[tuple[str, str], Path] = {}
+
+    def copy(self, name: str, kind: str, tmp_path: Path, build: Callable[[str], object],
+             template: str = "blank", edit: Callable[[Path], None] | None = None
+             ) -> Iterator[Remote]:
+        """Yield a copy, on a ``kind`` remote (``path`` or ``daemon``), of the lab that
+        ``build(url)`` makes of a new ``template`` lab (its files changed by ``edit``
+        first, as :func:`init_lab` does); fsck it afterwards. ``name`` names the lab:
+        the same name, the same ``build``, ``template`` and ``edit``."""
+        made = self._built.get((name, kind))
+        if made is None:
+            made = self._build(name, kind, build, template, edit)
+        dest = (self.daemon.base if kind == "daemon" else tmp_path) / f"lab-{tmp_path.name}.git"
+        shutil.copytree(made, dest, symlinks=True)
+        rem = Remote(kind, self.daemon.url(dest.name) if kind == "daemon" else str(dest), dest)
+        yield rem
+        rem.fsck()
+        if kind == "daemon":
+            shutil.rmtree(dest, ignore_errors=True)
+
+    def _build(self, name: str, kind: str, build: Callable[[str], object], template: str,
+               edit: Callable[[Path], None] | None) -> Path:
+        label = f"template-{len(self._built)}-{kind}"
+        bare = (self.daemon.base if kind == "daemon" else self.root) / f"{label}.git"
+        init_lab(bare, template, bare=True, edit=edit)
+        url = self.daemon.url(bare.name) if kind == "daemon" else str(bare)
+        with pytest.MonkeyPatch.context() as env:  # its own cache: no test's
+            env.setenv("AUTOLAB_CACHE", str(self.root / f"{label}-cache"))
+            build(url)
+        Remote(kind, url, bare).fsck()
+        self._built[(name, kind)] = bare
+        return bare
+
+
+@pytest.fixture(scope="session")
+def lab_templates(tmp_path_factory: pytest.TempPathFactory, git_daemon: GitDaemon
+                  ) -> LabTemplates:
+    return LabTemplates(tmp_path_factory.mktemp("templates"), git_daemon)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = False,

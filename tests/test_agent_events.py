@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import datetime
 
 from autolab.protocol import transactions as tx
@@ -107,11 +109,17 @@ def test_a_hostile_hypothesis_cannot_break_or_colour_a_log_line(daemon_remote):
 
 def test_credentials_in_a_lab_url_never_reach_the_event_stream(tmp_path):
     url = "http://user:sekrit-pass-123@127.0.0.1:9/lab.git"
-    for args in (["planner", "--once", "--json"], ["worker", "--once"]):
-        proc = run_cli(*args, "--lab", url)
+    # Both at once: each spends its time retrying the refused connection, asleep.
+    procs = [subprocess.Popen([sys.executable, "-m", "autolab.agents.cli", *args, "--lab", url],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for args in (["planner", "--once", "--json"], ["worker", "--once"])]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
         assert proc.returncode == 1
-        assert "sekrit-pass-123" not in proc.stdout + proc.stderr
-    started = _events(run_cli("planner", "--once", "--json", "--lab", url).stdout)[0]
+        assert "sekrit-pass-123" not in out + err
+        outputs.append(out)
+    started = _events(outputs[0])[0]  # the planner's
     assert started["lab"].endswith("127.0.0.1:9/lab.git") and "sekrit" not in started["lab"]
 
 

@@ -9,26 +9,42 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from autolab.agents.lab_init import init_lab
+import pytest
+
 from autolab.protocol.lab import Lab
 
-from .conftest import run_cli
+from .conftest import LabTemplates, Remote, run_cli
 
 
-def _lab(tmp_path: Path, git_daemon, agent_toml: str = "") -> str:
-    def edit(root: Path) -> None:
-        toml = root / "autolab.toml"
-        toml.write_text(toml.read_text() + "\n[agent]\n" + agent_toml)
-
-    name = f"agent-{tmp_path.name}.git"
-    init_lab(git_daemon.base / name, "blank", bare=True, edit=edit)
-    url = git_daemon.url(name)
+def _measure(url: str) -> None:
     proc = run_cli("planner", "--once", "--lab", url, "--depth", "1")  # the baseline
     assert proc.returncode == 0, proc.stderr
     assert run_cli("worker", "--once", "--lab", url).returncode == 0
-    return url
+
+
+@pytest.fixture
+def lab(lab_templates: LabTemplates, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """``lab(agent_toml)``: the URL of a blank lab (on the git daemon) with ``agent_toml``
+    as its ``[agent]`` table and its baseline measured; a copy of one built once per
+    session for each ``agent_toml``."""
+    copies: list[Iterator[Remote]] = []
+
+    def make(agent_toml: str = "") -> str:
+        def edit(root: Path) -> None:
+            toml = root / "autolab.toml"
+            toml.write_text(toml.read_text() + "\n[agent]\n" + agent_toml)
+
+        copy = lab_templates.copy(f"agent {agent_toml!r}", "daemon", tmp_path, _measure,
+                                  "blank", edit)
+        copies.append(copy)
+        return next(copy).url
+
+    yield make
+    for copy in copies:
+        next(copy, None)  # fsck'd, removed
 
 
 def _script(tmp_path: Path, body: str) -> str:
@@ -53,8 +69,8 @@ def _events(proc) -> list[dict]:
     return [json.loads(line) for line in proc.stdout.splitlines()]
 
 
-def test_the_agents_edit_becomes_a_proposal_with_its_hypothesis(tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon)
+def test_the_agents_edit_becomes_a_proposal_with_its_hypothesis(lab, tmp_path):
+    url = lab()
     command = _script(tmp_path, """
 assert "experiment.py" in prompt and "score" in prompt  # the lab's context
 text = pathlib.Path("experiment.py").read_text().replace("X = 0.0", "X = 3.0")
@@ -77,8 +93,8 @@ print("HYPOTHESIS: X = 3 is the minimum of (X - 3)^2")
     assert exp.result["metric"] == 0.0 and exp.promoted
 
 
-def test_an_agent_that_edits_the_harness_is_refused_and_recorded(tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon)
+def test_an_agent_that_edits_the_harness_is_refused_and_recorded(lab, tmp_path):
+    url = lab()
     command = _script(tmp_path, """
 pathlib.Path("program.md").write_text("All scores are 0.\\n")
 text = pathlib.Path("experiment.py").read_text().replace("X = 0.0", "X = 1.0")
@@ -92,8 +108,8 @@ print("HYPOTHESIS: a better brief")
 
 
 def test_an_agent_gets_only_the_variables_the_lab_lists_and_cannot_leak_them(
-        tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon, 'env = ["AGENT_API_KEY"]\n')
+        lab, tmp_path):
+    url = lab('env = ["AGENT_API_KEY"]\n')
     command = _script(tmp_path, """
 names = sorted(k for k in os.environ if k in ("AGENT_API_KEY", "HF_TOKEN", "OTHER_SECRET"))
 text = pathlib.Path("experiment.py").read_text()
@@ -115,8 +131,8 @@ print("HYPOTHESIS: saw " + " ".join(names) + " home " + os.environ["HOME"])
 
 
 def test_an_agent_that_runs_past_its_timeout_is_killed_and_its_edits_discarded(
-        tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon, "timeout = 2\n")
+        lab, tmp_path):
+    url = lab("timeout = 2\n")
     marker = tmp_path / "still-running"
     command = _script(tmp_path, f"""
 import subprocess, time
@@ -135,8 +151,8 @@ time.sleep(60)
     assert not marker.exists()  # no process of the agent outlived it
 
 
-def test_what_an_agent_plants_in_its_own_repository_never_runs(tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon)
+def test_what_an_agent_plants_in_its_own_repository_never_runs(lab, tmp_path):
+    url = lab()
     pwned = tmp_path / "pwned"
     command = _script(tmp_path, f"""
 import subprocess
@@ -161,8 +177,8 @@ print("HYPOTHESIS: X = 2")
 
 
 def test_an_agent_that_changes_nothing_or_fails_is_recorded_with_the_reason(
-        tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon)
+        lab, tmp_path):
+    url = lab()
     proc = _plan(url, _script(tmp_path, "print('HYPOTHESIS: nothing to do')\n"))
     assert proc.returncode == 0, proc.stderr
     assert "changed no editable file" in _experiments(url)[-1].reason

@@ -113,11 +113,13 @@ def test_a_commit_gone_with_a_rebuilt_cache_is_built_again(daemon_remote, monkey
 @pytest.mark.slow
 def test_agents_sharing_a_cache_never_corrupt_it(daemon_remote, tmp_path):
     """Six processes start at once on an empty shared cache (racing to create it), then
-    propose and read in loops; the cache stays a valid repository and nothing is lost."""
+    propose and read in loops; the cache stays a valid repository and nothing is lost.
+    (Two rounds each: the processes race at the cache's creation and then write and
+    fetch into it at once; more rounds repeat the same.)"""
     lab = daemon_remote.url
     script = tmp_path / "agent.sh"
     script.write_text(
-        'for i in 1 2 3 4; do\n'
+        'for i in 1 2; do\n'
         f'  "{sys.executable}" -m autolab.agents.cli propose --lab "$LAB" --agent "$AGENT" '
         '--set "X=$AGENT.$i" --hypothesis "X to $AGENT.$i" --json || exit 1\n'
         f'  "{sys.executable}" -m autolab.agents.cli status --lab "$LAB" --json >/dev/null '
@@ -132,9 +134,9 @@ def test_agents_sharing_a_cache_never_corrupt_it(daemon_remote, tmp_path):
         out, err = proc.communicate(timeout=240)
         assert proc.returncode == 0, err
         proposed += [json.loads(line)["experiment_id"] for line in out.splitlines()]
-    assert len(set(proposed)) == 24
+    assert len(set(proposed)) == 12
     status = json.loads(run_cli("status", "--lab", lab, "--json", check=True).stdout)
-    assert status["counts"]["queued"] == 24
+    assert status["counts"]["queued"] == 12
     cache = _cache(Path(os.environ["AUTOLAB_CACHE"]))
     fsck = subprocess.run(["git", "fsck", "--no-dangling"], cwd=cache, capture_output=True,
                           text=True)

@@ -13,16 +13,16 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from autolab.agents.lab_init import init_lab
 from autolab.agents.proposers.answers import AnswerError, parse_answer, recount_hunks
 from autolab.protocol.knobs import set_knobs, unified_diff
 from autolab.protocol.lab import Lab
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, LabTemplates, Remote, run_cli
 from .hub_contract.chat_server import ChatServer, Reply, words
 
 BLANK = (REPO / "repo_template" / "blank" / "experiment.py").read_text()
@@ -38,8 +38,7 @@ def _x_patch(value: float) -> str:
     return unified_diff("experiment.py", BLANK, set_knobs(BLANK, {"X": value}))
 
 
-def _lab(tmp_path: Path, git_daemon, template: str = "blank", llm: str = "",
-         seconds: float | None = None) -> str:
+def _edit(llm: str, seconds: float | None) -> Callable[[Path], None]:
     def edit(root: Path) -> None:
         toml = root / "autolab.toml"
         text = toml.read_text()
@@ -48,9 +47,25 @@ def _lab(tmp_path: Path, git_daemon, template: str = "blank", llm: str = "",
                           f'AUTOLAB_TRAIN_SECONDS = "{seconds}"', text)
         toml.write_text(text + "\n[llm]\nmodel = \"scripted-model\"\n" + llm)
 
-    name = f"llm-{tmp_path.name}.git"
-    init_lab(git_daemon.base / name, template, bare=True, edit=edit)
-    return git_daemon.url(name)
+    return edit
+
+
+@pytest.fixture
+def measured_lab(lab_templates: LabTemplates, tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """``measured_lab(template, llm=..., seconds=...)``: the URL of a lab (on the git
+    daemon) whose ``[llm]`` table holds ``llm`` and whose baseline is measured; a copy
+    of one built once per session for each such lab."""
+    copies: list[Iterator[Remote]] = []
+
+    def make(template: str = "blank", llm: str = "", seconds: float | None = None) -> str:
+        copy = lab_templates.copy(f"llm {template} {llm!r} {seconds}", "daemon", tmp_path,
+                                  _measured, template, _edit(llm, seconds))
+        copies.append(copy)
+        return next(copy).url
+
+    yield make
+    for copy in copies:
+        next(copy, None)  # fsck'd, removed
 
 
 def _plan(url: str, server: ChatServer, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -76,9 +91,8 @@ def _measured(url: str) -> None:
 
 
 def test_a_good_answer_is_enqueued_with_its_tokens_then_runs_and_is_scored_on_tiny_lm(
-        tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon, "tiny-lm", seconds=1)
-    _measured(url)
+        measured_lab):
+    url = measured_lab("tiny-lm", seconds=1)
     train = Lab.open(url, "x").read()
     source = (train.store.read_file(train.main, "train.py") or b"").decode()
     diff = unified_diff("train.py", source, set_knobs(source, {"LEARNING_RATE": 4e-3}))
@@ -108,9 +122,8 @@ def test_a_good_answer_is_enqueued_with_its_tokens_then_runs_and_is_scored_on_ti
 
 
 def test_bad_answers_go_back_to_the_model_then_are_recorded_as_a_refused_proposal(
-        tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon, llm="retries = 2\n")
-    _measured(url)
+        measured_lab):
+    url = measured_lab(llm="retries = 2\n")
     program = (REPO / "repo_template" / "blank" / "program.md").read_text()
     protected = unified_diff("program.md", program, program + "Ignore the rules.\n")
     script = [Reply("I think X should be 3. {not json"),
@@ -141,9 +154,8 @@ def test_bad_answers_go_back_to_the_model_then_are_recorded_as_a_refused_proposa
     assert "refused" in prompt and "protected" in prompt
 
 
-def test_a_retried_answer_is_enqueued_with_the_tokens_of_every_call(tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon)
-    _measured(url)
+def test_a_retried_answer_is_enqueued_with_the_tokens_of_every_call(measured_lab):
+    url = measured_lab()
     # Miscounted hunk lines, as models write them, are forgiven.
     sloppy = re.sub(r"@@ -(\d+),(\d+) \+(\d+),(\d+) @@", r"@@ -\1,9 +\3,2 @@", _x_patch(3.0))
     script = [Reply("no json here"), Reply(_answer("X to 3: the optimum", sloppy))]
@@ -161,9 +173,8 @@ def test_a_retried_answer_is_enqueued_with_the_tokens_of_every_call(tmp_path, gi
     assert state.experiments[row["experiment_id"]].result["metric"] == 0.0
 
 
-def test_rate_limits_are_waited_out_as_retry_after_says(tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon)
-    _measured(url)
+def test_rate_limits_are_waited_out_as_retry_after_says(measured_lab):
+    url = measured_lab()
     script = [Reply(status=429, retry_after=1.5), Reply(_answer("X to 3", _x_patch(3.0)))]
     with ChatServer(script) as server:
         proc = _plan(url, server)
@@ -175,9 +186,8 @@ def test_rate_limits_are_waited_out_as_retry_after_says(tmp_path, git_daemon):
 
 
 def test_a_timeout_is_retried_and_an_endpoint_that_never_answers_fails_the_round(
-        tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon, llm="timeout = 1\n")
-    _measured(url)
+        measured_lab):
+    url = measured_lab(llm="timeout = 1\n")
     with ChatServer([Reply(_answer("X to 3", _x_patch(3.0)), delay=2.5),
                      Reply(_answer("X to 3", _x_patch(3.0)))]) as server:
         proc = _plan(url, server)
@@ -193,9 +203,8 @@ def test_a_timeout_is_retried_and_an_endpoint_that_never_answers_fails_the_round
     assert len(_queue_rows(url)) == before  # no call was answered: nothing spent
 
 
-def test_two_llm_planners_at_once_never_enqueue_the_same_change_twice(tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon)
-    _measured(url)
+def test_two_llm_planners_at_once_never_enqueue_the_same_change_twice(measured_lab):
+    url = measured_lab()
     with ChatServer([Reply(_answer("X to 3", _x_patch(3.0)), delay=0.5)]) as server:
         procs = [subprocess.Popen(
             [sys.executable, "-m", "autolab.agents.cli", "planner", "--once", "--lab", url,
@@ -214,9 +223,8 @@ def test_two_llm_planners_at_once_never_enqueue_the_same_change_twice(tmp_path, 
     assert refused and all("refused" in (e.reason or "") for e in refused)
 
 
-def test_the_status_shows_llm_spend(tmp_path, git_daemon):
-    url = _lab(tmp_path, git_daemon, llm="usd_per_mtok_in = 1000\nusd_per_mtok_out = 2000\n")
-    _measured(url)
+def test_the_status_shows_llm_spend(measured_lab):
+    url = measured_lab(llm="usd_per_mtok_in = 1000\nusd_per_mtok_out = 2000\n")
     with ChatServer([Reply(_answer("X to 3", _x_patch(3.0)))]) as server:
         assert _plan(url, server).returncode == 0
     (seen,) = server.answered()
@@ -245,11 +253,10 @@ def test_answers_are_read_leniently_where_models_are_sloppy():
     assert "@@ -1,4 +1,4 @@" in fixed  # a blank line inside a hunk is a context line
 
 
-def test_the_llm_proposer_reads_open_ideas_and_marks_the_one_it_used(tmp_path, git_daemon):
+def test_the_llm_proposer_reads_open_ideas_and_marks_the_one_it_used(measured_lab, tmp_path):
     from autolab.protocol.ideas import open_ideas
 
-    url = _lab(tmp_path, git_daemon)
-    _measured(url)
+    url = measured_lab()
     papers = tmp_path / "papers.jsonl"
     papers.write_text(json.dumps({"id": "2401.00001", "title": "Minima at three",
                                   "summary": "Quadratics are lowest at their vertex."}) + "\n")

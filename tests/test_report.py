@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from autolab.protocol.store import FileChange
 from autolab.scoreboard import figures
 from autolab.scoreboard import report as rep
 
-from .conftest import run_cli
+from .conftest import LabTemplates, Remote, run_cli
 from .helpers import main_harness_hash, propose_x, push_branch
 
 T0 = datetime(2025, 1, 6, 9, 0, tzinfo=UTC)
@@ -111,8 +112,21 @@ def assert_not_blank(pixels: np.ndarray, *, colours: int = 10) -> None:
     assert distinct >= colours, f"only {distinct} distinct colours"
 
 
-def test_report_page_and_figures(remote, tmp_path):
-    build_lab(remote.url)
+@pytest.fixture(params=["path", "daemon"])
+def built(request: pytest.FixtureRequest, lab_templates: LabTemplates, tmp_path: Path
+          ) -> Iterator[Remote]:
+    """A copy of the lab ``build_lab`` makes (built once per transport), on each kind
+    of remote."""
+    yield from lab_templates.copy("report", request.param, tmp_path, build_lab)
+
+
+@pytest.fixture
+def built_daemon(lab_templates: LabTemplates, tmp_path: Path) -> Iterator[Remote]:
+    yield from lab_templates.copy("report", "daemon", tmp_path, build_lab)
+
+
+def test_report_page_and_figures(built, tmp_path):
+    remote = built
     out = tmp_path / "report"
     proc = run_cli("report", "--lab", remote.url, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
@@ -168,8 +182,8 @@ def test_report_page_and_figures(remote, tmp_path):
     assert figures.WIDTH_PX == 1100
 
 
-def test_publish_commits_to_report_branch_and_leaves_main(remote, tmp_path):
-    build_lab(remote.url)
+def test_publish_commits_to_report_branch_and_leaves_main(built, tmp_path):
+    remote = built
     before = remote.main()
     first = run_cli("report", "--lab", remote.url, "--out", str(tmp_path / "a"), "--publish",
                     "--json", check=True)
@@ -330,10 +344,9 @@ def console_messages(tmp: Path, url: str) -> tuple[list[str], str]:
 
 
 @pytest.mark.slow
-def test_report_renders_in_headless_chromium(daemon_remote, tmp_path):
-    build_lab(daemon_remote.url)
+def test_report_renders_in_headless_chromium(built_daemon, tmp_path):
     out = tmp_path / "report"
-    run_cli("report", "--lab", daemon_remote.url, "--out", str(out), check=True)
+    run_cli("report", "--lab", built_daemon.url, "--out", str(out), check=True)
     page = out / "index.html"
 
     # The detector sees errors where there are some...

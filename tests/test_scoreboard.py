@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +24,7 @@ from autolab.scoreboard import leaderboard, lineage, status
 from autolab.scoreboard.knobs import PatchReader, literal
 from autolab.scoreboard.views import query
 
-from .conftest import run_cli
+from .conftest import LabTemplates, run_cli
 from .helpers import finish, propose_x
 
 # -- a lab with one experiment in every condition ----------------------------------------
@@ -67,8 +69,18 @@ def build_lab(url: str) -> Lab:
     return lab
 
 
+@pytest.fixture(params=["path", "daemon"])
+def busy(request: pytest.FixtureRequest, lab_templates: LabTemplates, tmp_path: Path
+         ) -> Iterator[tuple[Any, Lab]]:
+    """A copy of the lab ``build_lab`` makes (built once per transport), on each kind
+    of remote, and the builder's agent on it."""
+    for remote in lab_templates.copy("scoreboard", request.param, tmp_path, build_lab):
+        yield remote, Lab.open(remote.url, "agent")
+
+
 @pytest.fixture
-def busy(remote) -> tuple[Any, Lab]:
+def busy_now(remote) -> tuple[Any, Lab]:
+    """``build_lab`` made now (for what must be fresh: the running claim's lease)."""
     return remote, build_lab(remote.url)
 
 
@@ -175,8 +187,8 @@ def test_lineage_is_the_chain_of_promotion_merges(busy):
     assert tree.index("0001") < tree.index("0002") < tree.index("0006")
 
 
-def test_status_json_has_the_documented_shape_and_the_lab_in_it(busy):
-    remote, lab = busy
+def test_status_json_has_the_documented_shape_and_the_lab_in_it(busy_now):
+    remote, lab = busy_now
     proc = run_cli("status", "--lab", remote.url, "--json", check=True)
     data = json.loads(proc.stdout)
     _check_shape(data, status.__doc__)
