@@ -223,7 +223,7 @@ def test_two_llm_planners_at_once_never_enqueue_the_same_change_twice(measured_l
     assert refused and all("refused" in (e.reason or "") for e in refused)
 
 
-def test_the_status_shows_llm_spend(measured_lab):
+def test_the_status_shows_llm_spend(measured_lab, tmp_path):
     url = measured_lab(llm="usd_per_mtok_in = 1000\nusd_per_mtok_out = 2000\n")
     with ChatServer([Reply(_answer("X to 3", _x_patch(3.0)))]) as server:
         assert _plan(url, server).returncode == 0
