@@ -157,11 +157,16 @@ def test_a_duration_means_the_same_on_every_flag(daemon_remote, tmp_path, text):
     """One parser: the seconds each flag ends up with, as the commands report them."""
     seconds = parse_duration(text)
     assert seconds == 90
+    from concurrent.futures import ThreadPoolExecutor
+
     url = daemon_remote.url
-    for role in ("planner", "reporter", "worker"):
-        proc = run_cli(role, "--once", "--json", "--lab", url, "--interval", text,
-                       *(["--no-trackio"] if role == "reporter" else []))
-        assert _started(proc)["interval_s"] == seconds, role
+    roles = ("planner", "reporter", "worker")
+    with ThreadPoolExecutor(len(roles)) as pool:  # independent: all three at once
+        procs = pool.map(lambda role: run_cli(
+            role, "--once", "--json", "--lab", url, "--interval", text,
+            *(["--no-trackio"] if role == "reporter" else [])), roles)
+        for role, proc in zip(roles, procs, strict=True):
+            assert _started(proc)["interval_s"] == seconds, role
     # submit --runtime is recorded in the score
     lab = Lab.open(url, "me")
     propose_x(lab, 2.0)

@@ -92,8 +92,10 @@ NAMES = {  # file name on main: (how messages show it, its name in the quarantin
 }
 
 
-@pytest.mark.parametrize("table", ["scores", "queue"])
-@pytest.mark.parametrize("kind", sorted(NAMES))
+# Each kind of name once, each table once: how a name is escaped does not depend on
+# the table, nor where its shard is quarantined on the name's kind.
+@pytest.mark.parametrize("kind, table", [("not UTF-8", "scores"),
+                                         ("control characters", "queue")])
 def test_shard_file_name_with_invalid_bytes_is_reported_and_quarantined(remote, tmp_path,
                                                                          table, kind):
     raw, plain, quarantined = NAMES[kind]

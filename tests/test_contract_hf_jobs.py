@@ -150,9 +150,11 @@ def test_contract_detached_launch_completes_with_a_promotion(hub, tmp_path, git_
 
 def test_contract_a_failing_job_is_requeued_then_failed_after_max_attempts(
         hub, tmp_path, git_daemon):
-    # Jobs are told to use a lab URL nothing listens on: `autolab run` exits 1.
-    # max_attempts 2: one failed job requeues the experiment, the second fails it.
-    remote = _lab(tmp_path, git_daemon, '\n[hf_jobs]\nlab_url = "git://127.0.0.1:9/nope.git"\n',
+    # Jobs are told to use a lab URL where there is no lab: `autolab run` exits 1 at once
+    # (a URL nothing listens on would first retry for seconds). max_attempts 2: one
+    # failed job requeues the experiment, the second fails it.
+    nowhere = tmp_path / "no-lab-here.git"
+    remote = _lab(tmp_path, git_daemon, f'\n[hf_jobs]\nlab_url = "{nowhere}"\n',
                   max_attempts=2)
     lab = Lab.open(remote.url, "planner")
     eid = _propose(lab, 1.0)

@@ -261,20 +261,29 @@ PLANTED = {
 
 @pytest.mark.slow
 def test_kernel_lab_through_the_protocol_scores_a_kernel_and_rejects_every_hack(tmp_path):
-    """One worker drains a queue of one honest edit and the issue's planted hacks: the
-    honest one is scored (time_us recorded, promoted over nothing), each hack invalid."""
+    """Two workers drain a queue of one honest edit and the issue's planted hacks: the
+    honest one is scored (time_us recorded, promoted over nothing), each hack invalid.
+    (Two at once only because each run is mostly starting torch: one a core.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
     bare = tmp_path / "lab.git"
     init_lab(bare, "kernel", bare=True)
-    ids = {}
-    for name, text in {"honest": GOOD, **PLANTED}.items():
-        patch = tmp_path / f"{len(ids)}.diff"
-        patch.write_text(unified_diff("kernel.py", KERNEL_PY, text))
+    edits = {"honest": GOOD, **PLANTED}
+
+    def propose(n: int, name: str) -> str:
+        patch = tmp_path / f"{n}.diff"
+        patch.write_text(unified_diff("kernel.py", KERNEL_PY, edits[name]))
         proc = run_cli("propose", "--lab", str(bare), "--patch", str(patch), "--hypothesis",
                        name, "--json", check=True)
-        ids[name] = json.loads(proc.stdout.strip().splitlines()[-1])["experiment_id"]
-    proc = run_cli("worker", "--lab", str(bare), "--agent", "cpu-worker", "--log-dir",
-                   str(tmp_path / "logs"))
-    assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])["experiment_id"]
+
+    with ThreadPoolExecutor(4) as pool:  # proposals need no order: a few at once
+        ids = dict(zip(edits, pool.map(propose, range(len(edits)), edits), strict=True))
+        workers = list(pool.map(lambda n: run_cli(
+            "worker", "--lab", str(bare), "--agent", f"cpu-worker-{n}", "--log-dir",
+            str(tmp_path / "logs")), (1, 2)))
+    for proc in workers:
+        assert proc.returncode in (0, 3), proc.stderr  # 3: the other took the last one
     scores = {s["experiment_id"]: s for s in Lab.open(str(bare), "reader").read().state.scores}
     assert set(scores) == set(ids.values())
     honest = scores[ids["honest"]]
